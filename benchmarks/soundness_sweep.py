@@ -1,0 +1,71 @@
+"""Soundness sweep: certify small random and briefly trained nets with every registered
+certifier, for every guarantee and both norms, and attack every certified point.
+
+Prints the counts (points, certified, attacked, broken) per combination and per certifier,
+and exits 1 when any certificate is broken (3 when a certifier raised under --keep-going).
+Bound-propagation certifiers (ibp, crown-ibp, crown) join when auto_LiRPA is importable.
+
+Usage: python benchmarks/soundness_sweep.py [--fast] [--certifiers gloro,crown] [--seed 0]
+       [--keep-going] [--json sweep.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from relaxplug.certifiers import list_certifiers
+from relaxplug.report import format_table, write_json
+from relaxplug.soundness import SWEEP_COLUMNS, soundness_sweep
+
+
+def _load_optional_certifiers() -> None:
+    try:
+        from relaxplug.certifiers import lirpa  # noqa: F401  (registers ibp, crown-ibp, crown)
+    except ImportError as error:
+        print(f"bound propagation not available ({error}); sweeping {', '.join(list_certifiers())}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--fast", action="store_true", help="the CI mode: fewer nets, points, radii and attack steps")
+    parser.add_argument("--certifiers", default=None, help="comma-separated names (default: every registered one)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--keep-going", action="store_true", help="record a certifier's error and go on")
+    parser.add_argument("--all-rows", action="store_true", help="print every combination, not only the totals")
+    parser.add_argument("--json", default=None, help="write every row to this JSON file")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    _load_optional_certifiers()
+    names = [n.strip() for n in args.certifiers.split(",") if n.strip()] if args.certifiers else None
+
+    result = soundness_sweep(fast=args.fast, certifiers=names, seed=args.seed, keep_going=args.keep_going,
+                             log=lambda line: print(line, file=sys.stderr, flush=True))
+    if args.all_rows:
+        print(format_table(result.rows, (*SWEEP_COLUMNS, "seconds")))
+        print()
+    totals = [{"certifier": name, **counts} for name, counts in result.totals().items()]
+    print(format_table(totals, ("certifier", "combinations", "skipped", "points", "certified", "attacked", "broken")))
+    print(f"\n{len(result.rows)} combinations run, {len(result.skipped)} skipped (norm not supported), "
+          f"{result.seconds:.1f} s")
+    if args.json:
+        write_json(args.json, {"rows": result.rows, "skipped": result.skipped, "totals": result.totals()})
+
+    errors = [row for row in result.rows if "error" in row]
+    for row in errors:
+        print(f"ERROR {row['certifier']} on {row['net']} {row['guarantee']} norm {row['norm']}: {row['error']}")
+    broken = [row for row in result.rows if row["broken"]]
+    for row in broken:
+        print(f"BROKEN {row['certifier']} on {row['net']} {row['guarantee']} norm {row['norm']} eps {row['eps']:.4g}: "
+              f"points {row['broken_points']}")
+    if broken:
+        return 1
+    return 3 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

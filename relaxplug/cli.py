@@ -1,0 +1,194 @@
+"""The ``relaxplug`` command line: ``train``, ``eval``, ``demo``, ``compare``, ``list``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+__all__ = ["main", "build_parser"]
+
+EVAL_COLUMNS = ("guarantee", "certifier", "eps", "norm", "points", "clean_accuracy", "vra", "rejection_rate", "certified_set_sizes", "median_radius", "seconds")
+
+
+def _known_certifiers() -> list[str]:
+    from .certifiers import list_certifiers
+
+    _load_optional_certifiers()
+    return list_certifiers()
+
+
+def _load_optional_certifiers() -> None:
+    """Register the bound-propagation certifiers (their module imports auto_LiRPA lazily)."""
+    try:
+        from .certifiers import lirpa  # noqa: F401
+    except ImportError:
+        pass
+
+
+def _add_common_eval(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="relaxplug checkpoint (.pt)")
+    parser.add_argument("--guarantee", default=None, help="standard | rtk:K | affinity[:SETS|FILE] | superclass[:cifar100|FILE] (default: the checkpoint's)")
+    parser.add_argument("--eps", type=float, default=None, help="radius (default: the checkpoint's training eps)")
+    parser.add_argument("--norm", default="2", help="2 or inf")
+    parser.add_argument("--data", default=None, help="data set name (default: the checkpoint's)")
+    parser.add_argument("--data-root", default=None, help="directory holding the data set files")
+    parser.add_argument("--split", choices=("test", "train"), default="test")
+    parser.add_argument("--limit", type=int, default=None, help="certify only the first N points")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--out", default=None, help="directory for the JSON results")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="relaxplug", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p_train = sub.add_parser("train", help="train a model from a YAML config")
+    p_train.add_argument("config", help="YAML config (see configs/)")
+    p_train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
+    p_train.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
+    p_train.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p_eval = sub.add_parser("eval", help="certify a checkpoint on a data set")
+    p_eval.add_argument("--certifier", default="gloro", help=f"one of {', '.join(_known_certifiers())}")
+    p_eval.add_argument("--lipschitz", choices=("sound", "power"), default="sound", help="gloro: provable bounds (default) or converged power iteration")
+    _add_common_eval(p_eval)
+
+    p_demo = sub.add_parser("demo", help="train and certify on the embedded default data")
+    p_demo.add_argument("--out", default="out/demo")
+    p_demo.add_argument("--epochs", type=int, default=60, help="epochs per digits model")
+    p_demo.add_argument("--synthetic-epochs", type=int, default=150)
+    p_demo.add_argument("--quiet", action="store_true")
+
+    p_compare = sub.add_parser("compare", help="compare certifiers on one model, guarantee and eps")
+    p_compare.add_argument("--certifiers", default="gloro,ibp,crown-ibp,crown", help="comma-separated certifier names")
+    _add_common_eval(p_compare)
+
+    sub.add_parser("list", help="list guarantees, certifiers, architectures and data sets")
+    return parser
+
+
+def _load_for_eval(args: argparse.Namespace):
+    from .adapters import resolve_guarantee
+    from .checkpoint import load_checkpoint
+    from .data import load_dataset
+    from .runtime import resolve_device
+
+    device = resolve_device(args.device)
+    loaded = load_checkpoint(args.checkpoint, device)
+    meta = loaded.metadata
+    config = meta.get("config") or {}
+    name = args.data or meta["dataset"]
+    options = config.get("dataset_options", {}) if name == meta["dataset"] else {}
+    data = load_dataset(name, args.data_root or config.get("data_root"), **options)
+    if data.n_classes != meta["n_classes"]:
+        raise SystemExit(f"error: data set {name!r} has {data.n_classes} classes, the checkpoint {meta['n_classes']}")
+    spec = args.guarantee or meta.get("guarantee") or "standard"
+    sets = meta.get("sets")
+    bare = spec.strip().lower() in ("affinity", "superclass")
+    if bare and not sets:
+        if not data.groupings:
+            raise SystemExit(f"error: '{spec}' needs sets: the checkpoint stores none and {name!r} has no built-in grouping")
+        sets = next(iter(data.groupings.values()))
+    guarantee = resolve_guarantee(spec, sets=sets, class_names=data.class_names)
+    eps = args.eps if args.eps is not None else float(meta.get("eps", 0.0))
+    dataset = data.test if args.split == "test" else data.train
+    return loaded, guarantee, spec, eps, dataset, device
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import certify_dataset
+    from .metrics import summarize
+    from .report import format_table, write_json
+
+    _load_optional_certifiers()
+    loaded, guarantee, spec, eps, dataset, device = _load_for_eval(args)
+    options = {"lipschitz": args.lipschitz} if args.certifier == "gloro" else {}
+    cert, logits, labels = certify_dataset(
+        loaded.model, dataset, eps, args.norm, args.certifier, guarantee, args.batch_size, device,
+        limit=args.limit, progress=not args.quiet, **options,
+    )
+    record = summarize(cert, logits, labels)
+    record["guarantee"] = spec
+    record["checkpoint"] = str(args.checkpoint)
+    print(format_table([record], EVAL_COLUMNS))
+    out_dir = Path(args.out) if args.out else Path(args.checkpoint).parent
+    path = write_json(out_dir / "eval.json", record)
+    print(f"wrote {path}")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from torch.utils.data import DataLoader, Subset
+
+    from .compare import compare_certifiers, format_table, save
+
+    _load_optional_certifiers()
+    loaded, guarantee, spec, eps, dataset, device = _load_for_eval(args)
+    if args.limit is not None:
+        dataset = Subset(dataset, range(min(args.limit, len(dataset))))
+    x, y = next(iter(DataLoader(dataset, batch_size=len(dataset))))
+    names = tuple(n.strip() for n in args.certifiers.split(",") if n.strip())
+    result = compare_certifiers(
+        loaded.model, x.to(device), y.to(device), guarantee, eps, args.norm, names, batch_size=args.batch_size,
+    )
+    print(format_table(result))
+    out_dir = Path(args.out) if args.out else Path(args.checkpoint).parent / "compare"
+    save(result, out_dir)
+    print(f"wrote {out_dir}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .training.trainer import train
+
+    config = load_config(args.config, args.overrides)
+    result = train(config, resume=not args.no_resume, progress=not args.quiet)
+    last = result.history[-1] if result.history else {}
+    print(f"trained {config.name}: {last}")
+    print(f"checkpoint: {result.checkpoint}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, epochs=args.epochs, synthetic_epochs=args.synthetic_epochs, progress=not args.quiet)
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from .adapters import list_guarantees
+    from .data import list_datasets
+    from .models import list_architectures
+
+    print("guarantees:    ", ", ".join(list_guarantees()))
+    print("certifiers:    ", ", ".join(_known_certifiers()))
+    print("architectures: ", ", ".join(list_architectures()))
+    print("data sets:     ", ", ".join(list_datasets()))
+    return 0
+
+
+COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "demo": _cmd_demo, "compare": _cmd_compare, "list": _cmd_list}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except (ValueError, FileNotFoundError) as error:
+        if args.verbose:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

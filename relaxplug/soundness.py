@@ -1,0 +1,326 @@
+"""Soundness sweep: every registered certifier x every guarantee x both norms, checked by attacks.
+
+Small nets (dense MinMax and ReLU nets, a conv net with invertible downsampling; random
+initialisation and briefly trained on random-cluster data) are certified at a radius where a
+good share of points certify, and every certified point is attacked with its certified set
+(:func:`relaxplug.robustness.attack_sets`). A sound certifier is never broken. Combinations a
+certifier does not support (its ``norms``) are skipped and counted.
+
+``benchmarks/soundness_sweep.py`` runs it from the command line; ``tests/test_soundness.py``
+runs the fast mode.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .adapters import Affinity, Guarantee, RTK, Standard, Superclass
+from .certifiers import Certifier, get_certifier, list_certifiers
+from .certify import certify
+from .layers import InvertibleDownsample, MinMax
+from .robustness import attack_sets
+
+__all__ = [
+    "SweepNet",
+    "SweepResult",
+    "SweepSettings",
+    "cluster_data",
+    "sweep_nets",
+    "sweep_guarantees",
+    "sweep_eps",
+    "calibrate_eps",
+    "soundness_sweep",
+    "SWEEP_COLUMNS",
+]
+
+SWEEP_COLUMNS = ("net", "norm", "eps", "certifier", "guarantee", "points", "certified", "sizes", "attacked", "broken")
+
+NORMS = (2.0, float("inf"))
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """How hard the sweep looks. ``fast()`` is the CI mode, ``full()`` the default of the script."""
+
+    points: int
+    train_steps: int
+    eps_scales: tuple[float, ...]
+    steps: int
+    restarts: int
+    random_nets: tuple[str, ...]
+    trained_nets: tuple[str, ...]
+
+    @classmethod
+    def fast(cls) -> "SweepSettings":
+        return cls(points=32, train_steps=200, eps_scales=(1.0, 2.0), steps=30, restarts=1,
+                   random_nets=("dense-minmax",), trained_nets=("dense-relu", "conv-minmax"))
+
+    @classmethod
+    def full(cls) -> "SweepSettings":
+        archs = tuple(ARCHITECTURES)
+        return cls(points=200, train_steps=400, eps_scales=(0.5, 1.0, 2.0), steps=100, restarts=3,
+                   random_nets=archs, trained_nets=archs)
+
+
+# ----------------------------------------------------------------------------- nets and data
+
+
+def _dense(act: Callable[[], nn.Module]) -> Callable[[tuple[int, ...], int], nn.Sequential]:
+    def build(input_shape: tuple[int, ...], n_classes: int) -> nn.Sequential:
+        d = math.prod(input_shape)
+        return nn.Sequential(nn.Flatten(), nn.Linear(d, 32), act(), nn.Linear(32, 32), act(), nn.Linear(32, n_classes))
+
+    return build
+
+
+def _conv(input_shape: tuple[int, ...], n_classes: int) -> nn.Sequential:
+    c, h, w = input_shape
+    return nn.Sequential(
+        nn.Conv2d(c, 8, 3, padding=1), MinMax(), InvertibleDownsample(2),
+        nn.Conv2d(32, 16, 3, padding=1), MinMax(),
+        nn.Flatten(), nn.Linear(16 * (h // 2) * (w // 2), n_classes),
+    )
+
+
+#: name -> (constructor, input shape, number of classes)
+ARCHITECTURES: dict[str, tuple[Callable[[tuple[int, ...], int], nn.Sequential], tuple[int, ...], int]] = {
+    "dense-minmax": (_dense(MinMax), (10,), 5),
+    "dense-relu": (_dense(nn.ReLU), (10,), 6),
+    "conv-minmax": (_conv, (2, 8, 8), 4),
+}
+
+
+@dataclass
+class SweepNet:
+    """A model and the points it is certified and attacked on."""
+
+    name: str
+    model: nn.Module
+    x: Tensor
+    y: Tensor
+    n_classes: int
+
+
+def cluster_data(input_shape: Sequence[int], n_classes: int, n_points: int, generator: torch.Generator,
+                 centres: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Gaussian clusters around random class centres: ``(x (N, *shape), y (N,), centres (n, *shape))``."""
+    shape = tuple(int(s) for s in input_shape)
+    if centres is None:
+        centres = torch.randn((n_classes, *shape), generator=generator)
+    y = torch.randint(0, n_classes, (n_points,), generator=generator)
+    x = centres[y] + 0.5 * torch.randn((n_points, *shape), generator=generator)
+    return x, y, centres
+
+
+def _train_briefly(model: nn.Module, x: Tensor, y: Tensor, steps: int, lr: float = 1e-2) -> None:
+    """A few hundred full-batch Adam steps of cross-entropy."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(steps):
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    model.eval()
+
+
+def sweep_nets(settings: SweepSettings, seed: int = 0) -> list[SweepNet]:
+    """The sweep's random and briefly trained nets, each with its own test points."""
+    nets = []
+    for trained, names in ((False, settings.random_nets), (True, settings.trained_nets)):
+        for index, name in enumerate(names):
+            build, shape, n_classes = ARCHITECTURES[name]
+            net_seed = seed * 1000 + 10 * index + trained
+            generator = torch.Generator().manual_seed(net_seed)
+            train_x, train_y, centres = cluster_data(shape, n_classes, 256, generator)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(net_seed)
+                model = build(shape, n_classes)
+                if trained:
+                    _train_briefly(model, train_x, train_y, settings.train_steps)
+            x, y, _ = cluster_data(shape, n_classes, settings.points, generator, centres)
+            nets.append(SweepNet(f"{name}-{'trained' if trained else 'random'}", model.eval(), x, y, n_classes))
+    return nets
+
+
+def sweep_guarantees(n_classes: int) -> list[tuple[str, Guarantee]]:
+    """standard, rtk:2, rtk:3, affinity with overlapping sets, superclass (a two-set partition)."""
+    if n_classes < 4:
+        raise ValueError(f"the sweep's guarantees need at least 4 classes, got {n_classes}")
+    overlapping = [[0, 1, 2], [2, 3], [1, n_classes - 1]]
+    half = n_classes // 2
+    partition = [list(range(half)), list(range(half, n_classes))]
+    return [
+        ("standard", Standard()),
+        ("rtk:2", RTK(2)),
+        ("rtk:3", RTK(3)),
+        ("affinity:" + ";".join(",".join(map(str, s)) for s in overlapping), Affinity(overlapping)),
+        ("superclass:" + ";".join(",".join(map(str, s)) for s in partition), Superclass(partition)),
+    ]
+
+
+def calibrate_eps(net: SweepNet, certifier: Certifier, norm: float, start: float, target: float = 0.5,
+                  max_calls: int = 12) -> float:
+    """Radius at which ``certifier`` certifies about ``target`` of the points (standard guarantee):
+    from ``start``, double or halve until the certified fraction crosses ``target``; return the
+    largest radius tried that reached it (the smallest tried when none did)."""
+    reached, missed, eps = None, None, start
+    for _ in range(max_calls):
+        fraction = float(certify(net.model, net.x, eps, norm, certifier, Standard(), radius=False).certified.float().mean())
+        if fraction >= target:
+            reached = eps if reached is None else max(reached, eps)
+        else:
+            missed = eps if missed is None else min(missed, eps)
+        if reached is not None and missed is not None:
+            break
+        eps = eps * 2 if missed is None else eps / 2
+    return reached if reached is not None else eps * 2  # none reached: the smallest radius tried
+
+
+def sweep_eps(net: SweepNet) -> dict[float, float]:
+    """Starting radius per norm for :func:`calibrate_eps`: the median sound GloRo radius (standard
+    guarantee) for L2, and that divided by ``sqrt(d)`` for L-inf (that ball lies inside the L2 one)."""
+    cert = certify(net.model, net.x, 0.0, 2, "gloro", "standard", radius=True)
+    radius = cert.radius[torch.isfinite(cert.radius) & (cert.radius > 0)]
+    if radius.numel() == 0:
+        raise ValueError(f"{net.name}: GloRo certifies no point at any radius")
+    l2 = float(radius.median())
+    return {2.0: l2, float("inf"): l2 / math.sqrt(net.x[0].numel())}
+
+
+# ----------------------------------------------------------------------------- sweep
+
+
+@dataclass
+class SweepResult:
+    """Counts per combination (``rows``) and the combinations skipped as unsupported."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def broken(self) -> int:
+        return sum(row["broken"] for row in self.rows)
+
+    def totals(self) -> dict[str, dict[str, int]]:
+        """``{certifier: {combinations, skipped, points, certified, attacked, broken}}``."""
+        keys = ("combinations", "skipped", "points", "certified", "attacked", "broken")
+        out: dict[str, dict[str, int]] = {}
+        for row in self.rows:
+            total = out.setdefault(row["certifier"], dict.fromkeys(keys, 0))
+            total["combinations"] += 1
+            for key in keys[2:]:
+                total[key] += row[key]
+        for row in self.skipped:
+            out.setdefault(row["certifier"], dict.fromkeys(keys, 0))["skipped"] += 1
+        return out
+
+
+def _norm_name(norm: float) -> str:
+    return "inf" if norm == float("inf") else f"{norm:g}"
+
+
+def _attack_claims(model: nn.Module, x: Tensor, claims: list[tuple[dict[str, Any], Tensor, Tensor]],
+                   eps: float, norm: float, settings: SweepSettings, seed: int) -> None:
+    """Attack every distinct (point, certified set) once, then fill each row's counts."""
+    if not claims:
+        return
+    index = torch.cat([idx for _, idx, _ in claims])  # (P,)
+    sets = torch.cat([s for _, _, s in claims])  # (P, n)
+    keys, inverse = torch.unique(torch.cat([index[:, None], sets.long()], dim=1), dim=0, return_inverse=True)
+    first = torch.full((keys.shape[0],), index.numel(), dtype=torch.long).scatter_reduce(
+        0, inverse, torch.arange(index.numel()), reduce="amin")
+    worst = attack_sets(model, x[index[first]], sets[first], eps, norm, settings.steps, settings.restarts, seed)
+    worst = worst[inverse]  # (P,)
+    start = 0
+    for row, idx, _ in claims:
+        mine = worst[start : start + idx.numel()]
+        start += idx.numel()
+        row["attacked"] = int(idx.numel())
+        row["broken_points"] = sorted(int(i) for i in idx[mine <= 0].tolist())
+        row["broken"] = len(row["broken_points"])
+        row["min_attack_margin"] = float(mine.min()) if mine.numel() else float("nan")
+
+
+def soundness_sweep(
+    fast: bool = True,
+    certifiers: Sequence[str] | None = None,
+    norms: Sequence[float] = NORMS,
+    seed: int = 0,
+    settings: SweepSettings | None = None,
+    keep_going: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> SweepResult:
+    """Certify and attack every combination of net x guarantee x certifier x norm x eps.
+
+    Args:
+        fast: :meth:`SweepSettings.fast` (CI) rather than :meth:`SweepSettings.full`;
+            ``settings`` overrides both.
+        certifiers: names to sweep; default every registered certifier.
+        keep_going: record a certifier's exception in its row (``error``) instead of raising.
+    Returns:
+        a :class:`SweepResult`: one row per combination with ``points``, ``certified``,
+        ``attacked``, ``broken`` (and ``broken_points``), plus the skipped combinations.
+    """
+    settings = settings or (SweepSettings.fast() if fast else SweepSettings.full())
+    names = list(certifiers) if certifiers is not None else list_certifiers()
+    result = SweepResult()
+    start = time.perf_counter()
+    for net in sweep_nets(settings, seed):
+        base = sweep_eps(net)
+        guarantees = sweep_guarantees(net.n_classes)
+        for norm in (float(n) for n in norms):
+            for name in names:
+                certifier = get_certifier(name)
+                try:
+                    certifier.check_norm(norm)
+                except ValueError as error:
+                    result.skipped.extend(
+                        {"net": net.name, "norm": _norm_name(norm), "eps_scale": scale, "certifier": name, "guarantee": g,
+                         "reason": str(error)}
+                        for scale in settings.eps_scales
+                        for g, _ in guarantees
+                    )
+                    continue
+                try:
+                    calibrated = calibrate_eps(net, certifier, norm, base[norm])
+                except Exception as error:
+                    if not keep_going:
+                        raise RuntimeError(f"{name} failed on {net.name}, norm {_norm_name(norm)}: {error}") from error
+                    calibrated = base[norm]
+                for scale in settings.eps_scales:
+                    eps = calibrated * scale
+                    claims = []
+                    for label, guarantee in guarantees:
+                        row: dict[str, Any] = {
+                            "net": net.name, "norm": _norm_name(norm), "eps": eps, "certifier": name, "guarantee": label,
+                            "points": int(net.x.shape[0]), "certified": 0, "attacked": 0, "broken": 0, "broken_points": [],
+                        }
+                        result.rows.append(row)
+                        try:
+                            cert = certify(net.model, net.x, eps, norm, certifier, guarantee, radius=False)
+                        except Exception as error:
+                            if not keep_going:
+                                raise RuntimeError(f"{name} failed on {net.name}, {label}, norm {_norm_name(norm)}, eps {eps:.4g}: {error}") from error
+                            row["error"] = f"{type(error).__name__}: {error}"
+                            continue
+                        row["seconds"] = cert.seconds
+                        idx = cert.certified.nonzero(as_tuple=True)[0]
+                        row["certified"] = int(idx.numel())
+                        sizes, counts = torch.unique(cert.k[idx], return_counts=True)
+                        row["sizes"] = {int(k): int(c) for k, c in zip(sizes, counts)}
+                        claims.append((row, idx, cert.classes[idx]))
+                    _attack_claims(net.model, net.x, claims, eps, norm, settings, seed)
+                    if log is not None:
+                        done = [r for r, _, _ in claims]
+                        log(f"{net.name} {name} norm {_norm_name(norm)} eps {eps:.4g}: "
+                            f"{sum(r['certified'] for r in done)} certified, {sum(r['broken'] for r in done)} broken")
+    result.seconds = time.perf_counter() - start
+    return result

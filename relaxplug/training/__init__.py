@@ -1,0 +1,1 @@
+"""Certified training (GloRo-instrumented) and checkpoints."""

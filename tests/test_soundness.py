@@ -1,0 +1,57 @@
+"""The soundness sweep (fast mode): no registered certifier is ever broken by an attack."""
+
+from __future__ import annotations
+
+import pytest
+
+from relaxplug.certifiers import CERTIFIERS, list_certifiers
+from relaxplug.certifiers.gloro import GloRoCertifier
+from relaxplug.soundness import SweepSettings, soundness_sweep, sweep_guarantees
+
+try:  # bound propagation joins the sweep when auto_LiRPA and its certifiers are there
+    from relaxplug.certifiers import lirpa  # noqa: F401
+except ImportError:
+    pass
+
+
+def test_every_registered_certifier_is_sound_on_the_fast_sweep():
+    result = soundness_sweep(fast=True)
+    ran = {row["certifier"] for row in result.rows}
+    assert ran == set(list_certifiers())
+    broken = [row for row in result.rows if row["broken"]]
+    assert broken == [], broken
+    for name, counts in result.totals().items():
+        assert counts["certified"] > 0, f"{name} certified no point: the sweep checked nothing"
+        assert counts["attacked"] == counts["certified"]
+    # gloro is L2-only: its L-inf combinations are skipped and counted, not silently dropped
+    assert any(row["certifier"] == "gloro" and row["norm"] == "inf" for row in result.skipped)
+    assert not any(row["certifier"] == "gloro" and row["norm"] == "inf" for row in result.rows)
+
+
+def test_sweep_catches_an_overclaiming_certifier(monkeypatch):
+    class Shrunk(GloRoCertifier):
+        """GloRo with a Lipschitz constant a fifth of the sound one: over-claims."""
+
+        name = "test-shrunk"
+
+        def pair_lipschitz(self, model, input_shape):
+            return super().pair_lipschitz(model, input_shape) / 5
+
+    monkeypatch.setitem(CERTIFIERS._entries, "test-shrunk", Shrunk)
+    settings = SweepSettings(points=32, train_steps=200, eps_scales=(1.0,), steps=30, restarts=1,
+                             random_nets=(), trained_nets=("dense-relu",))
+    result = soundness_sweep(certifiers=["test-shrunk"], norms=(2.0,), settings=settings)
+    assert result.broken > 0
+    row = next(row for row in result.rows if row["broken"])
+    assert row["broken_points"] and len(row["broken_points"]) == row["broken"]
+
+
+def test_sweep_guarantees_cover_overlap_and_partition():
+    names = [name for name, _ in sweep_guarantees(5)]
+    assert names[:3] == ["standard", "rtk:2", "rtk:3"]
+    affinity = sweep_guarantees(5)[3][1]
+    assert set(affinity.sets[0]) & set(affinity.sets[1])  # overlapping sets
+    superclass = sweep_guarantees(5)[4][1]
+    assert sorted(c for members in superclass.sets for c in members) == list(range(5))  # a partition
+    with pytest.raises(ValueError):
+        sweep_guarantees(3)
