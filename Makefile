@@ -8,7 +8,7 @@ STAMP := $(VENV)/.relaxplug-installed
 # torch/torchvision: the machine's local CUDA builds (see README, "Installation").
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test test-slow bench clean
+.PHONY: install demo test test-slow bench bench-soundness clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -35,8 +35,15 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	RELAXPLUG_RUN_SLOW=1 $(PY) -m pytest -q
 
+# speed and tightness figures (README, "Benchmarks"); each prints ratios measured side by side
 bench: $(STAMP)
 	$(PY) benchmarks/gloro_overhead.py
+	$(PY) benchmarks/spec_cost.py
+	$(PY) benchmarks/lipschitz_bounds.py
+
+# the full soundness sweep (the test suite runs its fast mode)
+bench-soundness: $(STAMP)
+	$(PY) benchmarks/soundness_sweep.py
 
 clean:
 	rm -rf $(VENV) out build *.egg-info

@@ -1,4 +1,4 @@
-"""The ``relaxplug`` command line: ``train``, ``eval``, ``demo``, ``compare``, ``list``."""
+"""The ``relaxplug`` command line: ``train``, ``eval``, ``demo``, ``compare``, ``attack``, ``list``."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_demo = sub.add_parser("demo", help="train and certify on the embedded default data")
     p_demo.add_argument("--out", default="out/demo")
-    p_demo.add_argument("--epochs", type=int, default=60, help="epochs per digits model")
+    p_demo.add_argument("--epochs", type=int, default=120, help="epochs per digits model")
     p_demo.add_argument("--synthetic-epochs", type=int, default=150)
     p_demo.add_argument("--quiet", action="store_true")
 
@@ -69,36 +69,31 @@ def build_parser() -> argparse.ArgumentParser:
     p_compare.add_argument("--certifiers", default="gloro,ibp,crown-ibp,crown", help="comma-separated certifier names")
     _add_common_eval(p_compare)
 
+    p_attack = sub.add_parser(
+        "attack",
+        help="attack each point's relaxed guarantee (empirical robust accuracy); with a certifier, try to break its certificates",
+    )
+    p_attack.add_argument("--certifier", default="gloro", help="certifier whose certificates are attacked, or 'none' to attack only")
+    p_attack.add_argument("--steps", type=int, default=50, help="PGD steps per restart")
+    p_attack.add_argument("--restarts", type=int, default=2, help="PGD restarts (the first starts at the clean point)")
+    p_attack.add_argument("--targets", type=int, default=3, help="opponent classes attacked per acceptable set")
+    p_attack.add_argument("--seed", type=int, default=0)
+    p_attack.add_argument("--no-autoattack", action="store_true", help="skip AutoAttack (run for the standard guarantee)")
+    p_attack.add_argument("--autoattack-fast", action="store_true", help="AutoAttack's APGD-CE and APGD-T only")
+    _add_common_eval(p_attack)
+
     sub.add_parser("list", help="list guarantees, certifiers, architectures and data sets")
     return parser
 
 
 def _load_for_eval(args: argparse.Namespace):
-    from .adapters import resolve_guarantee
-    from .checkpoint import load_checkpoint
-    from .data import load_dataset
-    from .runtime import resolve_device
+    """``(loaded checkpoint, guarantee, spec string, eps, dataset, device)`` for ``eval``/``compare``."""
+    from .robustness import load_evaluation
 
-    device = resolve_device(args.device)
-    loaded = load_checkpoint(args.checkpoint, device)
-    meta = loaded.metadata
-    config = meta.get("config") or {}
-    name = args.data or meta["dataset"]
-    options = config.get("dataset_options", {}) if name == meta["dataset"] else {}
-    data = load_dataset(name, args.data_root or config.get("data_root"), **options)
-    if data.n_classes != meta["n_classes"]:
-        raise SystemExit(f"error: data set {name!r} has {data.n_classes} classes, the checkpoint {meta['n_classes']}")
-    spec = args.guarantee or meta.get("guarantee") or "standard"
-    sets = meta.get("sets")
-    bare = spec.strip().lower() in ("affinity", "superclass")
-    if bare and not sets:
-        if not data.groupings:
-            raise SystemExit(f"error: '{spec}' needs sets: the checkpoint stores none and {name!r} has no built-in grouping")
-        sets = next(iter(data.groupings.values()))
-    guarantee = resolve_guarantee(spec, sets=sets, class_names=data.class_names)
-    eps = args.eps if args.eps is not None else float(meta.get("eps", 0.0))
-    dataset = data.test if args.split == "test" else data.train
-    return loaded, guarantee, spec, eps, dataset, device
+    return load_evaluation(
+        args.checkpoint, args.guarantee, args.eps, data=args.data, data_root=args.data_root,
+        split=args.split, device=args.device,
+    )
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -144,6 +139,18 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_attack(args: argparse.Namespace) -> int:
+    from .robustness import attack_main
+
+    _load_optional_certifiers()
+    return attack_main(
+        args.checkpoint, args.guarantee, args.eps, args.norm, args.certifier, limit=args.limit, steps=args.steps,
+        restarts=args.restarts, out_dir=args.out, device=args.device, autoattack=not args.no_autoattack,
+        autoattack_fast=args.autoattack_fast, targets=args.targets, data=args.data, data_root=args.data_root,
+        split=args.split, batch_size=args.batch_size, seed=args.seed, progress=not args.quiet,
+    )
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
     from .training.trainer import train
@@ -175,7 +182,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "demo": _cmd_demo, "compare": _cmd_compare, "list": _cmd_list}
+COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "demo": _cmd_demo, "compare": _cmd_compare, "attack": _cmd_attack, "list": _cmd_list}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -68,7 +68,7 @@ def list_certifiers() -> list[str]:
     return CERTIFIERS.names()
 
 
-def get_certifier(spec: str | Certifier, **options) -> Certifier:
+def get_certifier(spec: str | Certifier, /, **options) -> Certifier:
     """Resolve a certifier by name (``gloro``, ``ibp``, ``crown-ibp``, ``crown``, ...)."""
     if isinstance(spec, Certifier):
         if options:
