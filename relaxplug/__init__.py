@@ -6,6 +6,7 @@ certifiers on one model.
 
 from . import adapters as adapters
 from . import layers as layers
+from . import models as models
 from .adapters import list_guarantees as list_guarantees
 from .adapters import resolve_guarantee as resolve_guarantee
 from .certificate import Certificate as Certificate
@@ -19,6 +20,7 @@ __all__ = [
     "adapters",
     "certify",
     "layers",
+    "models",
     "list_certifiers",
     "list_guarantees",
     "resolve_guarantee",

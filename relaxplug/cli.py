@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_eval = sub.add_parser("eval", help="certify a checkpoint on a data set")
     p_eval.add_argument("--certifier", default="gloro", help=f"one of {', '.join(_known_certifiers())}")
     p_eval.add_argument("--lipschitz", choices=("sound", "power"), default="sound", help="gloro: provable bounds (default) or converged power iteration")
+    p_eval.add_argument("--spec", choices=("pairwise", "logit"), default="pairwise", help="bound propagation: one spec row per pair (default) or per logit (faster, looser)")
+    p_eval.add_argument("--radius", type=int, default=0, metavar="STEPS", help="bound propagation: certified radius by STEPS bisection steps on eps per batch (gloro's radius is closed form)")
     _add_common_eval(p_eval)
 
     p_demo = sub.add_parser("demo", help="train and certify on the embedded default data")
@@ -103,7 +105,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     _load_optional_certifiers()
     loaded, guarantee, spec, eps, dataset, device = _load_for_eval(args)
-    options = {"lipschitz": args.lipschitz} if args.certifier == "gloro" else {}
+    if args.certifier == "gloro":
+        options = {"lipschitz": args.lipschitz}
+    else:
+        options = {"spec": args.spec, "radius_bisection": args.radius}
     cert, logits, labels = certify_dataset(
         loaded.model, dataset, eps, args.norm, args.certifier, guarantee, args.batch_size, device,
         limit=args.limit, progress=not args.quiet, **options,
@@ -130,7 +135,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     x, y = next(iter(DataLoader(dataset, batch_size=len(dataset))))
     names = tuple(n.strip() for n in args.certifiers.split(",") if n.strip())
     result = compare_certifiers(
-        loaded.model, x.to(device), y.to(device), guarantee, eps, args.norm, names, batch_size=args.batch_size,
+        loaded.model, x.to(device), y.to(device), guarantee, eps, args.norm, names, batch_size=args.batch_size, progress=not args.quiet,
     )
     print(format_table(result))
     out_dir = Path(args.out) if args.out else Path(args.checkpoint).parent / "compare"
