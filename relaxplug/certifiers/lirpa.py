@@ -78,7 +78,7 @@ __all__ = [
 DEFAULT_CHUNK_ELEMENTS = 2**23
 CUDA_CHUNK_FACTOR = 8
 
-SPEC_MODES = ("pairwise", "logit")
+SPEC_MODES = ("pairwise", "anchor", "logit")
 CONV_MODES = ("patches", "matrix")
 
 
@@ -387,6 +387,10 @@ class LirpaCertifier(Certifier):
 
     Args:
         spec: ``"pairwise"`` (default): one spec row ``e_j - e_i`` per needed pair, the tightest;
+            ``"anchor"``: bound the top-1 margins ``f_{o_0} - f_{o_s}`` and ``f_{o_r} - f_{o_0}``
+            (``n - 1 + K - 1`` rows, about the cost of top-1) and combine them as
+            ``lower(o_r, o_s) >= lower(o_r - o_0) + lower(o_0 - o_s)``: exact for ``k = 1``, looser
+            for larger sets;
             ``"logit"``: bound each logit once and use ``lower_j - upper_i`` (looser; ``K + n - 1``
             one-sided rows instead of up to ``K n - K(K+1)/2`` pair rows).
         radius_bisection: number of bisection steps of :meth:`radius`; 0 (default) computes no
@@ -481,6 +485,42 @@ class LirpaCertifier(Certifier):
             flat.scatter_(1, index, lb.to(dtype))
         return flat[:, :-1].view(batch, k, n)
 
+    def _anchor(self, entry: _Bounded, x: Tensor, request: MarginRequest, norm: float, dtype) -> Tensor:
+        """Rows ``e_{o_0} - e_{o_s}`` (``s >= 1``) and ``e_{o_r} - e_{o_0}`` (``1 <= r < K``, only
+        where needed), all lower-bounded; since ``f_{o_r} - f_{o_s} = (f_{o_r} - f_{o_0}) +
+        (f_{o_0} - f_{o_s})``, ``lower[r, s] = A_r + B_s`` with ``A_0 = 0`` is a sound bound."""
+        order = request.order
+        batch, n = order.shape
+        k = request.n_candidates
+        needed = request.needed_rows()
+        extra = k - 1 if bool(needed[:, 1:].any()) else 0
+        total = n - 1 + extra
+        self.last_rows.append(total)
+        top = order[:, :1].expand(-1, total)
+        others = torch.cat([order[:, 1:], order[:, 1:k][:, :extra]], dim=1)
+        sign = torch.cat([torch.ones(n - 1), -torch.ones(extra)]).to(x.dtype).to(order.device)
+        step = self._rows_per_call(entry, batch)
+        specs = []
+        for a in range(0, total, step):
+            b = min(a + step, total)
+            c = torch.zeros(batch, b - a, n, dtype=x.dtype, device=order.device)
+            c.scatter_(2, top[:, a:b, None], sign[None, a:b, None].expand(batch, -1, -1).contiguous())
+            c.scatter_(2, others[:, a:b, None], -sign[None, a:b, None].expand(batch, -1, -1).contiguous())
+            specs.append((c, True, False))
+        low = torch.empty(batch, total, dtype=dtype, device=order.device)
+        a = 0
+        for lb, _ in self._compute(entry, x, request.eps, norm, specs):
+            low[:, a:a + lb.shape[1]] = lb.to(dtype)
+            a += lb.shape[1]
+        from_top = torch.cat([low.new_full((batch, 1), math.inf), low[:, : n - 1]], dim=1)  # B_s, s = 0..n-1
+        to_top = torch.cat([low.new_zeros(batch, 1), low[:, n - 1:]], dim=1)  # A_r, r = 0..K-1
+        if to_top.shape[1] < k:
+            to_top = torch.cat([to_top, low.new_full((batch, k - to_top.shape[1]), -math.inf)], dim=1)
+        lower = to_top[:, :, None] + from_top[:, None, :]
+        ranks_n = torch.arange(n, device=order.device)
+        wanted = (ranks_n[None, :] > ranks_n[:k, None])[None] & needed[:, :, None]
+        return torch.where(wanted, lower, lower.new_full((), math.inf))
+
     def _logit(self, entry: _Bounded, x: Tensor, request: MarginRequest, norm: float, dtype) -> Tensor:
         """Lower bounds of the ``K`` candidate logits and upper bounds of the ``n - 1`` others
         (``K + n - 1`` one-sided rows), combined as ``lower_j - upper_i``."""
@@ -525,6 +565,8 @@ class LirpaCertifier(Certifier):
         for request in requests:
             if self.spec == "pairwise":
                 lower = self._pairwise(entry, x.detach(), request, norm, logits.dtype)
+            elif self.spec == "anchor":
+                lower = self._anchor(entry, x.detach(), request, norm, logits.dtype)
             else:
                 lower = self._logit(entry, x.detach(), request, norm, logits.dtype)
             out.append(_with_allowance(lower, logits, request))

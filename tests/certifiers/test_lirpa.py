@@ -149,7 +149,7 @@ def _calibrate(model, x, norm, certifier):
 
 
 @pytest.mark.parametrize("norm", [2.0, math.inf])
-@pytest.mark.parametrize("method", METHODS + ("crown:logit",))
+@pytest.mark.parametrize("method", METHODS + ("crown:logit", "crown-ibp:anchor"))
 @pytest.mark.parametrize("net", ["dense", "conv", "relu-first"])
 def test_attack_never_breaks_a_certified_set(net, method, norm):
     model, shape = _nets()[net]
@@ -186,6 +186,24 @@ def test_logit_mode_never_certifies_what_pairwise_rejects(method, norm):
         b = rp.certify(model, x, eps, norm, logit, guarantee, radius=False)
         assert not (b.certified & ~a.certified).any()
         assert (b.k <= a.k).all()
+        assert (b.margin <= a.margin + 1e-5).all()
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("norm", [2.0, math.inf])
+def test_anchor_mode_is_exact_for_top1_and_never_beats_pairwise(method, norm):
+    model, shape = _nets()["dense"]
+    x = torch.randn(64, *shape)
+    pairwise, anchor = make(method), make(method, spec="anchor")
+    eps = _calibrate(model, x, norm, pairwise)
+    a = rp.certify(model, x, eps, norm, pairwise, "standard", radius=False)
+    b = rp.certify(model, x, eps, norm, anchor, "standard", radius=False)
+    assert torch.equal(a.certified, b.certified)  # the same spec rows for k = 1
+    assert torch.allclose(a.margin, b.margin, atol=1e-5)
+    for guarantee in ("rtk:3", "affinity:0,1;2,3,4"):
+        a = rp.certify(model, x, eps, norm, pairwise, guarantee, radius=False)
+        b = rp.certify(model, x, eps, norm, anchor, guarantee, radius=False)
+        assert not (b.certified & ~a.certified).any()
         assert (b.margin <= a.margin + 1e-5).all()
 
 
@@ -237,7 +255,7 @@ def test_affinity_spec_rows_follow_the_acceptable_sets():
 
 def test_logit_mode_bounds_k_plus_n_rows_and_pairwise_k_n_at_most():
     model, x = nn.Sequential(nn.Linear(4, 12)), torch.randn(6, 4)
-    for spec, expected in (("pairwise", 4 * 12 - 10), ("logit", 4 + 12 - 1)):
+    for spec, expected in (("pairwise", 4 * 12 - 10), ("logit", 4 + 12 - 1), ("anchor", 12 - 1 + 4 - 1)):
         certifier = make("crown-ibp", spec=spec)
         rp.certify(model, x, 0.1, 2, certifier, "rtk:4", radius=False)
         assert certifier.last_rows == [expected]
@@ -247,7 +265,7 @@ def test_chunked_rows_equal_one_call():
     model, shape = _nets()["conv"]
     x = torch.randn(8, *shape)
     for method in METHODS:
-        for spec in ("pairwise", "logit"):  # logit: chunks of 4 straddle the lower/upper rows
+        for spec in ("pairwise", "logit", "anchor"):  # chunks of 4 straddle the two kinds of rows
             whole = rp.certify(model, x, 0.05, 2, make(method, spec=spec), "rtk:3", radius=False)
             chunked = rp.certify(model, x, 0.05, 2, make(method, spec=spec, chunk_rows=4), "rtk:3", radius=False)
             assert torch.allclose(whole.margin, chunked.margin, atol=1e-5), (method, spec)
