@@ -1,4 +1,4 @@
-"""The ``relaxplug`` command line: ``train``, ``eval``, ``demo``, ``compare``, ``attack``, ``list``."""
+"""The ``relaxplug`` command line: ``train``, ``eval``, ``demo``, ``compare``, ``attack``, ``groups``, ``list``."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_eval = sub.add_parser("eval", help="certify a checkpoint on a data set")
     p_eval.add_argument("--certifier", default="gloro", help=f"one of {', '.join(_known_certifiers())}")
     p_eval.add_argument("--lipschitz", choices=("sound", "power"), default="sound", help="gloro: provable bounds (default) or converged power iteration")
-    p_eval.add_argument("--spec", choices=("pairwise", "logit"), default="pairwise", help="bound propagation: one spec row per pair (default) or per logit (faster, looser)")
+    p_eval.add_argument("--spec", choices=("pairwise", "anchor", "logit"), default="pairwise", help="bound propagation: one spec row per needed pair (default, tightest), margins to the top-1 class only (anchor: about top-1 cost) or one row per logit (loosest)")
     p_eval.add_argument("--radius", type=int, default=0, metavar="STEPS", help="bound propagation: certified radius by STEPS bisection steps on eps per batch (gloro's radius is closed form)")
     _add_common_eval(p_eval)
 
@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_demo.add_argument("--quiet", action="store_true")
 
     p_compare = sub.add_parser("compare", help="compare certifiers on one model, guarantee and eps")
-    p_compare.add_argument("--certifiers", default="gloro,ibp,crown-ibp,crown", help="comma-separated certifier names")
+    p_compare.add_argument("--certifiers", default="gloro,ibp,crown-ibp,crown", help="comma-separated certifier names; NAME:MODE picks a spec mode, e.g. crown-ibp:anchor")
     _add_common_eval(p_compare)
 
     p_attack = sub.add_parser(
@@ -83,6 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
     p_attack.add_argument("--no-autoattack", action="store_true", help="skip AutoAttack (run for the standard guarantee)")
     p_attack.add_argument("--autoattack-fast", action="store_true", help="AutoAttack's APGD-CE and APGD-T only")
     _add_common_eval(p_attack)
+
+    p_groups = sub.add_parser(
+        "groups", help="IGRP label groups: cluster a (naturally trained) checkpoint's logit-layer weights"
+    )
+    p_groups.add_argument("--checkpoint", required=True, help="relaxplug checkpoint (.pt), e.g. of a 'method: natural' run")
+    p_groups.add_argument("--n-groups", type=int, required=True, help="number of groups")
+    p_groups.add_argument("--linkage", default="average", help="average | complete | single | weighted | ward")
+    p_groups.add_argument("--metric", default="cosine", help="cosine | euclidean | correlation (distance between weight rows)")
+    p_groups.add_argument("--out", default=None, help="directory for groups.yaml and similarity.png (default: the checkpoint's)")
 
     sub.add_parser("list", help="list guarantees, certifiers, architectures and data sets")
     return parser
@@ -175,6 +184,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_groups(args: argparse.Namespace) -> int:
+    from .groups import format_groups, groups_from_checkpoint
+
+    grouping, yaml_path, png_path, names = groups_from_checkpoint(
+        args.checkpoint, args.n_groups, args.linkage, args.metric, args.out
+    )
+    print(f"{len(grouping.groups)} groups ({grouping.linkage} linkage, {grouping.metric} distance of logit-layer rows):")
+    print(format_groups(grouping.groups, names))
+    print(f"wrote {yaml_path} (use as affinity:{yaml_path} or igrp:{yaml_path}@EPS_IN,EPS_OUT)")
+    print(f"wrote {png_path}")
+    return 0
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     from .adapters import list_guarantees
     from .data import list_datasets
@@ -187,7 +209,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "demo": _cmd_demo, "compare": _cmd_compare, "attack": _cmd_attack, "list": _cmd_list}
+COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "demo": _cmd_demo, "compare": _cmd_compare, "attack": _cmd_attack, "groups": _cmd_groups, "list": _cmd_list}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -155,11 +155,13 @@ def _load_optional_certifiers() -> None:
 
 
 def _resolve(spec: str | Certifier) -> tuple[str, Certifier | None, str | None]:
-    """``(label, certifier or None, reason it is unavailable)``."""
+    """``(label, certifier or None, reason it is unavailable)``; ``NAME:MODE`` selects a bound
+    propagation spec mode (``crown-ibp:anchor``)."""
     if isinstance(spec, Certifier):
         return getattr(spec, "label", spec.name), spec, None
+    name, _, mode = str(spec).partition(":")  # e.g. "crown-ibp:anchor" picks a spec mode
     try:
-        cert = get_certifier(spec)
+        cert = get_certifier(name, **({"spec": mode} if mode else {}))
     except ValueError as error:
         reason = str(error)
         if str(spec).lower() in ("ibp", "crown-ibp", "crown"):
