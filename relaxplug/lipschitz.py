@@ -14,13 +14,16 @@ persistent vectors: converges from below, so an estimate; what training uses).
 from __future__ import annotations
 
 import weakref
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from . import spectral
 from .layers import InvertibleDownsample, MinMax, Normalize, Residual
+
+if TYPE_CHECKING:
+    from .graph_lipschitz import GraphLipschitzEstimator
 
 __all__ = [
     "LipschitzEstimator",
@@ -43,6 +46,9 @@ class UnsupportedLayerError(TypeError):
 
 def _leaves(module: nn.Module) -> list[nn.Module]:
     if isinstance(module, nn.Sequential):
+        if type(module).forward is not nn.Sequential.forward:
+            # a Sequential subclass with its own forward need not apply its children in order
+            raise UnsupportedLayerError(f"{type(module).__name__} overrides nn.Sequential.forward")
         return [leaf for child in module for leaf in _leaves(child)]
     return [module]
 
@@ -77,15 +83,19 @@ def _record_input_shapes(model: nn.Module, layers: Sequence[nn.Module], input_sh
     for layer in layers:
         for sub in layer.modules():
             handles.append(sub.register_forward_pre_hook(hook))
+    flags = [m.training for m in model.modules()]
     try:
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
         dtype = param.dtype if param is not None else torch.float32
+        model.eval()  # a shape probe must not update BatchNorm statistics
         with torch.no_grad():
             model(torch.zeros(1, *input_shape, device=device, dtype=dtype))
     finally:
         for h in handles:
             h.remove()
+        for m, flag in zip(model.modules(), flags):
+            m.training = flag
     return shapes
 
 
@@ -100,6 +110,8 @@ def _product(layers: Sequence[nn.Module], shapes: dict[int, tuple[int, ...]], bo
 
 
 def _layer_bound(layer: nn.Module, shapes: dict[int, tuple[int, ...]], bound: LayerBound, ref: Tensor) -> Tensor:
+    if isinstance(layer, (Residual, Normalize, *ONE_LIPSCHITZ)) and not _standard_forward(layer):
+        raise UnsupportedLayerError(f"{type(layer).__name__} overrides the forward of a supported layer")
     if isinstance(layer, ONE_LIPSCHITZ):
         return torch.ones((), dtype=ref.dtype, device=ref.device)
     if isinstance(layer, (nn.Linear, nn.Conv2d)):
@@ -116,6 +128,14 @@ def _layer_bound(layer: nn.Module, shapes: dict[int, tuple[int, ...]], bound: La
         f"no Lipschitz bound for layer {type(layer).__name__}; supported: Linear, Conv2d, ReLU, "
         "MinMax, InvertibleDownsample, Flatten, Identity, Dropout, Normalize, Residual, Sequential"
     )
+
+
+def _standard_forward(layer: nn.Module) -> bool:
+    """Whether ``layer`` computes what its supported base class computes (no overridden forward)."""
+    for cls in (Residual, Normalize, *ONE_LIPSCHITZ):
+        if isinstance(layer, cls):
+            return type(layer).forward is cls.forward
+    return True
 
 
 def _conv_args(conv: nn.Conv2d) -> dict:
@@ -141,6 +161,13 @@ def body_lipschitz(model: nn.Module, input_shape: Sequence[int]) -> float:
     return float(_product(body, shapes, lambda layer, shape: _sound_layer_bound(layer, shape).cpu(), ref))
 
 
+def _alive(ref: "weakref.ReferenceType[nn.Module]") -> nn.Module:
+    model = ref()
+    if model is None:
+        raise ReferenceError("the model of this Lipschitz estimator no longer exists")
+    return model
+
+
 def _fingerprint(model: nn.Module) -> tuple:
     return tuple(
         (id(t), t._version, t.data_ptr(), t.dtype, t.device)
@@ -157,7 +184,7 @@ class LipschitzEstimator:
     """
 
     def __init__(self, model: nn.Module, input_shape: Sequence[int]):
-        self.model = model
+        self._model = weakref.ref(model)  # weak: the estimator cache must not keep models alive
         self.input_shape = tuple(int(s) for s in input_shape)
         self.body, self.head = split_head(model)
         self.shapes = _record_input_shapes(model, self.body, self.input_shape)
@@ -165,6 +192,10 @@ class LipschitzEstimator:
         self.vectors: dict[str, Tensor] = {}
         self._names = {id(m): name for name, m in model.named_modules()}
         self._sound_cache: tuple[tuple, float] | None = None
+
+    @property
+    def model(self) -> nn.Module:
+        return _alive(self._model)
 
     def _check_supported(self) -> None:
         ref = torch.zeros(())
@@ -185,6 +216,18 @@ class LipschitzEstimator:
             )
             self._sound_cache = (key, value)
         return self._sound_cache[1]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """dtype of the logits (the head's weights)."""
+        return self.head.weight.dtype
+
+    def pair_lipschitz(self, mode: str = "sound") -> Tensor:
+        """``(n, n)`` float64 matrix ``K_ji = L_body * ||w_j - w_i||`` (``mode``: sound or power)."""
+        if mode not in LIPSCHITZ_MODES:
+            raise ValueError(f"mode must be one of {LIPSCHITZ_MODES}, got {mode!r}")
+        body = self.sound() if mode == "sound" else self.converged()
+        return head_distances(self.head.weight.detach().double()) * body
 
     def power(self, n_iter: int = 2) -> Tensor:
         """Body bound from ``n_iter`` power iterations per layer with persistent vectors.
@@ -227,15 +270,26 @@ class LipschitzEstimator:
         self.vectors = {name: v.clone() for name, v in state.items()}
 
 
-_ESTIMATORS: "weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, ...], LipschitzEstimator]]" = (
-    weakref.WeakKeyDictionary()
-)
+_ESTIMATORS: "weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, ...], Any]]" = weakref.WeakKeyDictionary()
 
 
-def estimator_for(model: nn.Module, input_shape: Sequence[int]) -> LipschitzEstimator:
-    """The cached :class:`LipschitzEstimator` of ``model`` for inputs of ``input_shape``."""
+def estimator_for(model: nn.Module, input_shape: Sequence[int]) -> "LipschitzEstimator | GraphLipschitzEstimator":
+    """The cached Lipschitz estimator of ``model`` for inputs of ``input_shape``.
+
+    A layer stack this module supports gets a :class:`LipschitzEstimator` (the fast path GloRo
+    training uses); any other model gets a
+    :class:`~relaxplug.graph_lipschitz.GraphLipschitzEstimator`, which bounds the torch.fx graph
+    of the model (BatchNorm, residual blocks, pooling...; sound, looser) or raises
+    :class:`UnsupportedLayerError` naming the op it cannot bound. Both offer ``sound()``,
+    ``converged()``, ``pair_lipschitz(mode)`` and ``dtype``.
+    """
     per_shape = _ESTIMATORS.setdefault(model, {})
     key = tuple(int(s) for s in input_shape)
     if key not in per_shape:
-        per_shape[key] = LipschitzEstimator(model, key)
+        try:
+            per_shape[key] = LipschitzEstimator(model, key)
+        except UnsupportedLayerError:
+            from .graph_lipschitz import GraphLipschitzEstimator
+
+            per_shape[key] = GraphLipschitzEstimator(model, key)
     return per_shape[key]

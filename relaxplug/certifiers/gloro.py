@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from relaxplug.adapters import Guarantee, MarginRequest
-from relaxplug.lipschitz import LIPSCHITZ_MODES, estimator_for, head_distances, split_head
+from relaxplug.lipschitz import LIPSCHITZ_MODES, estimator_for
 
 from .base import Certifier, register_certifier, rounding_allowance
 
@@ -37,9 +37,16 @@ def gloro_lower_bounds(logits: Tensor, order: Tensor, pair_lipschitz: Tensor, ep
 class GloRoCertifier(Certifier):
     """Lipschitz-margin certifier, L2 only.
 
+    Layer stacks (``nn.Sequential`` of Linear, Conv2d, MinMax, ReLU, InvertibleDownsample,
+    Residual, Normalize, ...) use the layer-wise bounds of :mod:`relaxplug.lipschitz`; any other
+    model (BatchNorm in eval mode, residual blocks written in ``forward``, pooling, other
+    activations) is traced with torch.fx and bounded by :mod:`relaxplug.graph_lipschitz`: sound,
+    but looser (a product of per-layer norms along every path).
+
     Args:
         lipschitz: ``"sound"`` (provable bounds, default) or ``"power"`` (converged power
-            iteration: an estimate from below, for comparison with the papers' numbers).
+            iteration for every linear layer: an estimate from below, for comparison with the
+            papers' numbers).
     """
 
     name = "gloro"
@@ -51,12 +58,9 @@ class GloRoCertifier(Certifier):
         self.lipschitz = lipschitz
 
     def pair_lipschitz(self, model: nn.Module, input_shape: Sequence[int]) -> Tensor:
-        """``(n, n)`` matrix ``K_ji = L_body * ||w_j - w_i||``, computed in float64."""
+        """``(n, n)`` matrix ``K_ji`` (``L_body * ||w_j - w_i||`` for a linear head), computed in float64."""
         estimator = estimator_for(model, input_shape)
-        body = estimator.sound() if self.lipschitz == "sound" else estimator.converged()
-        _, head = split_head(model)
-        weight = head.weight.detach()
-        return (head_distances(weight.double()) * body).to(weight.dtype)
+        return estimator.pair_lipschitz(self.lipschitz).to(estimator.dtype)
 
     def bounds(self, model: nn.Module, x: Tensor, logits: Tensor, requests: Sequence[MarginRequest], norm: float) -> list[Tensor]:
         self.check_norm(norm)

@@ -7,7 +7,7 @@ from torch import nn
 import relaxplug as rp
 from relaxplug.attack import pgd_set_attack
 from relaxplug.layers import InvertibleDownsample, MinMax, Residual
-from relaxplug.lipschitz import UnsupportedLayerError, estimator_for
+from relaxplug.lipschitz import LipschitzEstimator, UnsupportedLayerError, estimator_for
 
 from ..brute_force import certify_linear
 
@@ -124,11 +124,14 @@ def test_sound_bound_is_above_power_iteration():
 
 
 def test_unsupported_layer_is_named():
-    model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 4))
-    with pytest.raises(UnsupportedLayerError, match="Tanh"):
+    # Tanh and heads other than nn.Linear are bounded by relaxplug.graph_lipschitz since issue 5;
+    # a layer with no global Lipschitz bound is still named
+    model = nn.Sequential(nn.Linear(3, 8), nn.LayerNorm(8), nn.Linear(8, 4))
+    with pytest.raises(UnsupportedLayerError, match="LayerNorm"):
         rp.certify(model, torch.randn(2, 3), eps=0.1)
+    # the layer-stack path (GloRo training) still needs the final nn.Linear
     with pytest.raises(UnsupportedLayerError, match="nn.Linear"):
-        rp.certify(nn.Sequential(nn.Linear(3, 4), nn.ReLU()), torch.randn(2, 3), eps=0.1)
+        LipschitzEstimator(nn.Sequential(nn.Linear(3, 4), nn.ReLU()), (3,))
 
 
 def test_bad_inputs_fail_early():
@@ -153,3 +156,48 @@ def test_certificate_fields_shapes():
     assert cert.classes.shape == (7, 6) and cert.margin.shape == (7,) and cert.radius.shape == (7,)
     assert ((cert.k == 0) == ~cert.certified).all()
     assert (cert.classes.sum(1) == cert.k).all()
+
+
+def _graph_nets():
+    """Models outside the layer stacks: bounded through their torch.fx graph."""
+    torch.manual_seed(8)
+    conv = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 5),
+    )
+    dense = nn.Sequential(nn.Linear(4, 16), nn.BatchNorm1d(16), nn.Tanh(), nn.Linear(16, 16), nn.GELU(), nn.Linear(16, 6))
+    for model in (conv, dense):
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                with torch.no_grad():
+                    m.running_var.uniform_(0.5, 2.0)
+                    m.running_mean.normal_(0, 0.3)
+                    m.weight.uniform_(0.5, 1.5)
+    return [(conv.eval(), (1, 6, 6)), (dense.eval(), (4,))]
+
+
+@pytest.mark.parametrize("net_index", [0, 1])
+def test_graph_model_radius_is_the_certification_threshold(net_index):
+    model, shape = _graph_nets()[net_index]
+    x = torch.randn(40, *shape)
+    radius = rp.certify(model, x, eps=0.0, certifier="gloro", guarantee="rtk:2").radius
+    assert torch.isfinite(radius).all() and (radius > 0).any()
+    for row in range(0, 40, 6):
+        r = radius[row].item()
+        if r == 0:
+            continue
+        for scale in (0.98, 1.02):
+            cert = rp.certify(model, x[row : row + 1], eps=r * scale, certifier="gloro", guarantee="rtk:2", radius=False)
+            assert bool(cert.certified[0]) == (scale < 1)
+
+
+@pytest.mark.parametrize("net_index", [0, 1])
+@pytest.mark.parametrize("name", ["standard", "rtk:3"])
+def test_attack_never_breaks_a_graph_model_certificate(net_index, name):
+    model, shape = _graph_nets()[net_index]
+    x = torch.randn(64, *shape)
+    eps = float(rp.certify(model, x, eps=0.0, certifier="gloro", guarantee=name).radius.median())
+    cert = rp.certify(model, x, eps=eps, certifier="gloro", guarantee=name)
+    assert 0 < int(cert.certified.sum()) < len(x)
+    idx = cert.certified.nonzero().flatten()
+    worst, _ = pgd_set_attack(model, x[idx], cert.classes[idx], eps, norm=2, steps=40, restarts=2)
+    assert (worst > 0).all(), f"certificate broken at rows {idx[worst <= 0].tolist()}"
