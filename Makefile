@@ -19,8 +19,9 @@ $(STAMP): $(PY) pyproject.toml
 	$(PIP) install --quiet -e '.[test,lirpa]'
 	# auto_LiRPA 0.3's metadata pins torch<1.13: install it without its pins (relaxplug/_compat.py)
 	$(PIP) install --quiet --no-deps auto-lirpa==0.3
-	# robustbench 1.1.1 imports autoattack (shipped as pyautoattack) and pkg_resources
-	$(PIP) install --quiet 'setuptools<81' pyautoattack requests pandas
+	# robustbench 1.1.1 imports autoattack (shipped as pyautoattack: relaxplug/_compat.py maps it),
+	# pkg_resources (setuptools<81), timm, gdown, geotorch and torchdiffeq (its zoo's modules)
+	$(PIP) install --quiet 'setuptools<81' pyautoattack requests pandas timm==1.0.9 gdown==5.1.0 geotorch torchdiffeq
 	$(PIP) install --quiet --no-deps robustbench==1.1.1
 	touch $(STAMP)
 

@@ -8,6 +8,8 @@ from .base import GuaranteeResult as GuaranteeResult
 from .base import MarginRequest as MarginRequest
 from .base import rank_order as rank_order
 from .base import topk_margins as topk_margins
+from .igrp import IGRP as IGRP
+from .igrp import IGRPCertificate as IGRPCertificate
 from .registry import list_guarantees as list_guarantees
 from .registry import load_sets as load_sets
 from .registry import register_guarantee as register_guarantee
@@ -19,6 +21,8 @@ __all__ = [
     "Affinity",
     "Guarantee",
     "GuaranteeResult",
+    "IGRP",
+    "IGRPCertificate",
     "MarginRequest",
     "RTK",
     "Standard",

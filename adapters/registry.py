@@ -1,8 +1,11 @@
 """Resolve guarantees by name: ``standard``, ``rtk:K``, ``affinity:0,1;1,2``,
-``affinity:FILE.yaml``, ``superclass:cifar100``, ``superclass:FILE.yaml`` (and ``igrp:FILE.yaml``).
+``affinity:FILE.yaml``, ``affinity:cifar10`` / ``affinity:cifar100`` (the built-in groupings of
+:data:`relaxplug.data.GROUPINGS`), ``superclass:cifar100``, ``superclass:FILE.yaml``, ``igrp:FILE.yaml``,
+``igrp:FILE.yaml@EPS_IN,EPS_OUT``, ``igrp:EPS_IN,EPS_OUT`` (see :func:`_igrp`).
 
 A bare ``affinity`` or ``superclass`` takes the ``sets`` the caller supplies (for instance the
-sets stored with a checkpoint, or a data set's built-in grouping).
+sets stored with a checkpoint, or a data set's built-in grouping); so do the groups of
+``igrp:EPS_IN,EPS_OUT``.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from relaxplug.registry import Registry
 
 from .affinity import Affinity, Superclass
 from .base import Guarantee
+from .igrp import IGRP
 from .rtk import RTK
 from .standard import Standard
 
@@ -58,22 +62,28 @@ def _class_index(token: object, class_names: Sequence[str] | None, where: str) -
 def load_sets(path: str | os.PathLike, class_names: Sequence[str] | None = None) -> tuple[tuple[int, ...], ...]:
     """Read affinity sets from YAML: ``sets: [[0, 1], [cat, dog]]`` (indices or class names;
     names resolve against the file's ``class_names`` or the ``class_names`` given)."""
+    return _read_sets_file(path, class_names, SETS_FILE_KEYS)[0]
+
+
+def _read_sets_file(path: str | os.PathLike, class_names: Sequence[str] | None, allowed: frozenset[str]) -> tuple[tuple[tuple[int, ...], ...], dict]:
+    """``(sets, the file's mapping)`` of a sets YAML file whose keys must lie in ``allowed``."""
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"affinity sets file not found: {file}")
     data = yaml.safe_load(file.read_text())
     if not isinstance(data, dict) or "sets" not in data:
         raise ValueError(f"{file}: expected a mapping with a 'sets' list")
-    unknown = set(data) - SETS_FILE_KEYS
+    unknown = set(data) - allowed
     if unknown:
-        raise ValueError(f"{file}: unknown keys {sorted(unknown)}; allowed: {sorted(SETS_FILE_KEYS)}")
+        raise ValueError(f"{file}: unknown keys {sorted(unknown)}; allowed: {sorted(allowed)}")
     names = data.get("class_names") or class_names
-    if not isinstance(data["sets"], list):
+    if not isinstance(data["sets"], list) or not all(isinstance(m, list) for m in data["sets"]):
         raise ValueError(f"{file}: 'sets' must be a list of lists")
-    return tuple(
+    sets = tuple(
         tuple(_class_index(c, names, f"{file} set #{i}") for c in members)
         for i, members in enumerate(data["sets"])
     )
+    return sets, data
 
 
 def _parse_inline_sets(text: str, class_names: Sequence[str] | None) -> tuple[tuple[int, ...], ...]:
@@ -94,10 +104,10 @@ def _sets_argument(kind: str, argument: str | None, sets: Sets | None, class_nam
         return sets
     if argument.endswith((".yaml", ".yml")) or os.sep in argument:
         return load_sets(argument, class_names)
-    if kind == "superclass" and argument == "cifar100":
-        from relaxplug.data import CIFAR100_COARSE
+    from relaxplug.data import GROUPINGS
 
-        return CIFAR100_COARSE
+    if argument.strip().lower() in GROUPINGS:  # built-in: cifar10 (vehicles, animals), cifar100 (superclasses)
+        return GROUPINGS[argument.strip().lower()]
     return _parse_inline_sets(argument, class_names)
 
 
@@ -125,6 +135,59 @@ def _superclass(argument: str | None, sets: Sets | None, class_names) -> Guarant
     return Superclass(_sets_argument("superclass", argument, sets, class_names))
 
 
+#: keys of an IGRP file: a sets file plus the two radii
+IGRP_FILE_KEYS = SETS_FILE_KEYS | {"eps_in", "eps_out"}
+
+
+def _igrp_radii(text: str, where: str) -> tuple[float, float]:
+    parts = [t.strip() for t in text.split(",")]
+    try:
+        values = [float(t) for t in parts]
+    except ValueError:
+        values = []
+    if len(values) != 2:
+        raise ValueError(f"{where}: radii must be 'EPS_IN,EPS_OUT' (two numbers), got {text!r}")
+    return values[0], values[1]
+
+
+def _is_file_argument(text: str) -> bool:
+    return text.endswith((".yaml", ".yml")) or os.sep in text
+
+
+@register_guarantee("igrp")
+def _igrp(argument: str | None, sets: Sets | None, class_names) -> Guarantee:
+    """``igrp:FILE.yaml`` (the file gives ``sets`` = the groups, ``eps_in`` and ``eps_out``),
+    ``igrp:GROUPS@EPS_IN,EPS_OUT`` (GROUPS a file or inline ``0,6;1,7;...``; these radii win over
+    the file's), or ``igrp:EPS_IN,EPS_OUT`` (the groups are the ``sets`` the caller supplies, e.g.
+    a checkpoint's)."""
+    usage = "use 'igrp:FILE.yaml', 'igrp:FILE.yaml@EPS_IN,EPS_OUT', 'igrp:0,6;1,7;...@EPS_IN,EPS_OUT' or 'igrp:EPS_IN,EPS_OUT' with groups supplied"
+    if argument is None or not argument.strip():
+        raise ValueError(f"'igrp' needs groups and two radii: {usage}")
+    argument = argument.strip()
+    groups_text, at, radii_text = argument.rpartition("@")
+    if at:
+        radii: tuple[float, float] | None = _igrp_radii(radii_text, f"igrp:{argument}")
+    elif _is_file_argument(argument):
+        groups_text, radii = argument, None
+    else:
+        groups_text, radii = "", _igrp_radii(argument, f"igrp:{argument}")
+    if groups_text and _is_file_argument(groups_text):
+        groups, data = _read_sets_file(groups_text, class_names, IGRP_FILE_KEYS)
+        given = [k for k in ("eps_in", "eps_out") if k in data]
+        if radii is None:
+            if len(given) != 2:
+                raise ValueError(f"{groups_text}: an IGRP file needs both 'eps_in' and 'eps_out' (or give them: "
+                                 f"'igrp:{groups_text}@EPS_IN,EPS_OUT')")
+            radii = (data["eps_in"], data["eps_out"])
+    elif groups_text:
+        groups = _parse_inline_sets(groups_text, class_names)
+    else:
+        if sets is None:
+            raise ValueError(f"'igrp:{argument}' takes its groups from the caller, but none were given: {usage}")
+        groups = sets
+    return IGRP(groups, radii[0], radii[1])
+
+
 def resolve_guarantee(
     spec: str | Guarantee,
     sets: Sets | None = None,
@@ -135,7 +198,7 @@ def resolve_guarantee(
     Args:
         spec: ``"standard"``, ``"rtk:3"``, ``"affinity:0,1;1,2"``, ``"affinity:sets.yaml"``,
             ``"superclass:cifar100"``, ...
-        sets: sets used by a bare ``affinity``/``superclass`` (and IGRP groups).
+        sets: sets used by a bare ``affinity``/``superclass`` (and the groups of ``igrp:EPS_IN,EPS_OUT``).
         class_names: lets inline and file sets name classes instead of indices.
     """
     if isinstance(spec, Guarantee):

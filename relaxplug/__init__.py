@@ -7,6 +7,7 @@ certifiers on one model.
 from . import adapters as adapters
 from . import layers as layers
 from . import models as models
+from . import zoo as zoo
 from .adapters import list_guarantees as list_guarantees
 from .adapters import resolve_guarantee as resolve_guarantee
 from .certificate import Certificate as Certificate
@@ -24,4 +25,5 @@ __all__ = [
     "list_certifiers",
     "list_guarantees",
     "resolve_guarantee",
+    "zoo",
 ]

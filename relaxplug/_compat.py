@@ -9,36 +9,49 @@ that no longer need it run untouched. Shims are listed in :data:`SHIMS` by packa
 - ``pre``: applied before the package is imported (its module-level imports need them);
 - ``post``: applied to the imported package's own classes.
 
-Nothing here runs at ``import relaxplug`` time: call :func:`import_auto_lirpa` (the
-bound-propagation certifiers do) to apply the shims and get the module.
+robustbench 1.1.1 imports ``autoattack`` (the package index ships AutoAttack as
+``pyautoattack``) and ``pkg_resources`` (removed from setuptools 81): its two ``pre`` shims alias
+the first and provide the one function it uses of the second, again only where missing.
 
-To add a shim (for instance for robustbench): write ``def shim_xxx() -> bool`` that checks for
-the API and installs it when missing, decorate it with ``@register_shim("package", "pre")``,
-and call :func:`apply_shims` for that package before importing it.
+Nothing here runs at ``import relaxplug`` time: call :func:`import_auto_lirpa` (the
+bound-propagation certifiers do) or :func:`import_robustbench` (:mod:`relaxplug.zoo` does) to
+apply the shims and get the module.
+
+To add a shim: write ``def shim_xxx() -> bool`` that checks for the API and installs it when
+missing, decorate it with ``@register_shim("package", "pre")``, and call :func:`apply_shims` for
+that package before importing it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import importlib.util
 import inspect
 import logging
+import os
 import sys
 import types
 import warnings
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 __all__ = [
     "AUTO_LIRPA_INSTALL_HINT",
+    "ROBUSTBENCH_INSTALL_HINT",
     "SHIMS",
     "Shim",
     "apply_shims",
     "import_auto_lirpa",
+    "import_robustbench",
+    "onnx_shape_inference",
     "register_shim",
+    "shim_autoattack_module",
     "shim_bounded_module_named_members",
     "shim_node_getitem",
     "shim_numpy_arraysetops",
     "shim_patches_device",
+    "shim_pkg_resources",
     "shim_set_opset_version",
 ]
 
@@ -47,6 +60,12 @@ AUTO_LIRPA_INSTALL_HINT = (
     "on the package index, 0.3, pins torch<1.13 in its metadata, so install it without its pins: "
     "`pip install --no-deps auto-lirpa==0.3 && pip install tqdm appdirs packaging` "
     "(`make install` does this); relaxplug restores the APIs it needs at import time"
+)
+
+ROBUSTBENCH_INSTALL_HINT = (
+    "RobustBench models need robustbench 1.1.1 and its imports: `pip install 'setuptools<81' "
+    "pyautoattack timm==1.0.9 gdown geotorch torchdiffeq requests pandas && pip install --no-deps "
+    "robustbench==1.1.1` (`make install` does this); relaxplug maps `autoattack` to `pyautoattack`"
 )
 
 
@@ -157,6 +176,25 @@ def shim_node_getitem() -> bool:
     return True
 
 
+@contextlib.contextmanager
+def onnx_shape_inference(enabled: bool) -> Iterator[None]:
+    """Turn the ONNX exporter's shape inference on or off for a block (restored after).
+
+    auto_LiRPA 0.3 converts a model through torch's TorchScript ONNX passes. On current torch
+    those passes fold ``x.size(0)`` of the (batch 1) example input into the constant 1, so a
+    model that flattens with ``x.view(x.size(0), -1)`` (most model zoos do) is converted for
+    batch 1 only; without shape inference the ``Shape -> Gather -> Reshape`` chain stays
+    dynamic, as auto_LiRPA expects.
+    """
+    globals_ = _onnx_globals()
+    previous = globals_.onnx_shape_inference
+    globals_.onnx_shape_inference = bool(enabled)
+    try:
+        yield
+    finally:
+        globals_.onnx_shape_inference = previous
+
+
 # ----------------------------------------------------------------------------- auto_LiRPA, post-import
 
 
@@ -207,6 +245,62 @@ def shim_patches_device() -> bool:
     return True
 
 
+# ----------------------------------------------------------------------------- robustbench, pre-import
+
+
+@register_shim("robustbench", "pre")
+def shim_autoattack_module() -> bool:
+    """``autoattack`` (robustbench's ``eval`` does ``from autoattack import AutoAttack`` and
+    ``from autoattack.state import EvaluationState``): the package index ships the same code as
+    ``pyautoattack``, so its modules are registered under the ``autoattack`` names too.
+
+    Leaves an importable ``autoattack`` (a source install of fra31/auto-attack) untouched, and
+    installs nothing when ``pyautoattack`` is absent either (robustbench's import then fails).
+    """
+    try:
+        if importlib.util.find_spec("autoattack") is not None:
+            return False
+    except (ImportError, ValueError):  # a broken entry in sys.modules: leave it to the import
+        return False
+    try:
+        package = importlib.import_module("pyautoattack")
+        importlib.import_module("pyautoattack.state")
+    except ImportError:
+        return False
+    sys.modules["autoattack"] = package
+    for name, module in list(sys.modules.items()):
+        if name.startswith("pyautoattack.") and module is not None:
+            sys.modules.setdefault("autoattack." + name[len("pyautoattack."):], module)
+    return True
+
+
+def _resource_filename(package_or_requirement: str, resource_name: str) -> str:
+    """``pkg_resources.resource_filename`` for an importable module or package name: the path of
+    ``resource_name`` beside that module (inside that package), as setuptools' version returns it
+    for a package installed as plain files."""
+    module = importlib.import_module(str(package_or_requirement))
+    origin = getattr(module, "__file__", None)
+    if origin is None:
+        raise ValueError(f"{package_or_requirement!r} has no file on disk to locate {resource_name!r} beside")
+    return os.path.join(os.path.dirname(origin), *str(resource_name).split("/"))
+
+
+@register_shim("robustbench", "pre")
+def shim_pkg_resources() -> bool:
+    """``pkg_resources`` (setuptools' old API, removed in setuptools 81): robustbench's ``loaders``
+    imports it and calls ``resource_filename(__name__, path)`` only, so a module with that one
+    function is registered when no ``pkg_resources`` can be imported."""
+    try:
+        if importlib.util.find_spec("pkg_resources") is not None:
+            return False
+    except (ImportError, ValueError):
+        return False
+    module = types.ModuleType("pkg_resources", "relaxplug shim: pkg_resources.resource_filename only")
+    module.resource_filename = _resource_filename
+    sys.modules["pkg_resources"] = module
+    return True
+
+
 # ----------------------------------------------------------------------------- importers
 
 
@@ -245,4 +339,35 @@ def import_auto_lirpa() -> types.ModuleType:
         seen.add((text, w.category))
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     apply_shims("auto_LiRPA", "post")
+    return module
+
+
+#: warnings robustbench 1.1.1's import raises inside its dependencies, not the caller's concern:
+#: setuptools' pkg_resources deprecation notice, timm's moved-module notices, torch.jit's deprecation
+_ROBUSTBENCH_IMPORT_NOISE = ("pkg_resources is deprecated", "is deprecated, please import via timm",
+                             "`torch.jit.interface` is deprecated")
+
+
+def import_robustbench() -> types.ModuleType:
+    """Apply the robustbench shims, import ``robustbench.utils`` (``load_model``) and return it.
+
+    Raises:
+        ImportError: robustbench or one of its imports is missing, with the install command.
+    """
+    apply_shims("robustbench", "pre")
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            module = importlib.import_module("robustbench.utils")
+    except ModuleNotFoundError as error:
+        missing = error.name or "robustbench"
+        raise ImportError(f"cannot import {missing!r}: {ROBUSTBENCH_INSTALL_HINT}", name=missing) from error
+    seen = set()
+    for w in caught:
+        text = str(w.message)
+        if any(noise in text for noise in _ROBUSTBENCH_IMPORT_NOISE) or (text, w.category) in seen:
+            continue
+        seen.add((text, w.category))
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return module

@@ -13,7 +13,7 @@ from .adapters import Guarantee, resolve_guarantee
 from .certificate import Certificate
 from .certifiers import Certifier, get_certifier
 
-__all__ = ["certify", "check_inputs"]
+__all__ = ["certify", "check_inputs", "resolve_eps"]
 
 
 def check_inputs(x: Tensor, eps: float) -> None:
@@ -26,6 +26,25 @@ def check_inputs(x: Tensor, eps: float) -> None:
         raise ValueError("x contains NaN or infinite values")
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
         raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+
+
+def resolve_eps(guarantee: Guarantee, eps: float | None) -> float:
+    """The radius to certify ``guarantee`` at.
+
+    A guarantee with several radii (``len(guarantee.radii(1.0)) > 1``, IGRP) carries its own:
+    ``guarantee.radii(None)``; ``eps`` must then be ``None`` or its outer (last) radius, and that
+    radius is returned. Every other guarantee needs ``eps``.
+    """
+    if len(guarantee.radii(1.0)) == 1:
+        if eps is None:
+            raise ValueError(f"eps is required for {guarantee!r}; only guarantees that carry their own radii "
+                             "(IGRP: eps_in, eps_out) take them from the guarantee")
+        return eps
+    own = tuple(guarantee.radii(None))
+    if eps is not None and (isinstance(eps, bool) or not isinstance(eps, (int, float)) or float(eps) != own[-1]):
+        raise ValueError(f"{guarantee!r} carries its own radii {own}: pass eps=None (or its outer radius "
+                         f"{own[-1]:g}), got eps={eps!r}; to certify other radii, change the guarantee's")
+    return own[-1]
 
 
 def _parse_norm(norm: float | str) -> float:
@@ -43,7 +62,7 @@ def _parse_norm(norm: float | str) -> float:
 def certify(
     model: nn.Module,
     x: Tensor,
-    eps: float,
+    eps: float | None = None,
     norm: float | str = 2,
     certifier: str | Certifier = "gloro",
     guarantee: str | Guarantee = "standard",
@@ -57,18 +76,22 @@ def certify(
     Args:
         model: an ``nn.Module`` returning logits ``(B, n)``; used in eval mode.
         x: ``(B, ...)`` inputs on the model's device.
+        eps: the radius; optional for a guarantee that carries its own radii (IGRP: ``eps_in``
+            and ``eps_out``), which then accepts only ``None`` or its outer radius.
         certifier: a name from :func:`relaxplug.list_certifiers` or an instance.
         guarantee: a name such as ``"rtk:3"`` or an adapter instance.
         radius: also compute the certified radius where the certifier has it cheaply.
-        sets: sets for a bare ``"affinity"``/``"superclass"`` guarantee name.
+        sets: sets for a bare ``"affinity"``/``"superclass"`` guarantee name (and the groups of
+            ``"igrp:EPS_IN,EPS_OUT"``).
     Returns:
         a :class:`Certificate`; a point is certified iff ``m(x) > 0`` (Equation B1).
     """
+    spec = resolve_guarantee(guarantee, sets=sets)
+    eps = resolve_eps(spec, eps)
     check_inputs(x, eps)
     norm = _parse_norm(norm)
     cert = get_certifier(certifier, **certifier_options)
     cert.check_norm(norm)
-    spec = resolve_guarantee(guarantee, sets=sets)
     was_training = model.training
     model.eval()
     start = time.perf_counter()
@@ -88,7 +111,7 @@ def certify(
         radii = torch.full_like(result.margin, float("nan"))
     if x.is_cuda:
         torch.cuda.synchronize(x.device)
-    return Certificate(
+    out = Certificate(
         pred=requests[0].order[:, 0],
         certified=result.certified,
         k=result.k,
@@ -101,3 +124,6 @@ def certify(
         norm=norm,
         seconds=time.perf_counter() - start,
     )
+    # a guarantee with more parts than the shared fields (IGRP) returns an enriched certificate
+    enrich = getattr(type(spec), "certificate", None)
+    return enrich(spec, out, result) if callable(enrich) else out

@@ -28,12 +28,19 @@ def _load_optional_certifiers() -> None:
         pass
 
 
-def _add_common_eval(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="relaxplug checkpoint (.pt)")
+def _add_common_eval(parser: argparse.ArgumentParser, model_sources: bool = False) -> None:
+    if model_sources:
+        _add_model_sources(parser)
+    else:
+        parser.add_argument("--checkpoint", required=True, help="relaxplug checkpoint (.pt)")
     parser.add_argument("--guarantee", default=None, help="standard | rtk:K | affinity[:SETS|FILE] | superclass[:cifar100|FILE] (default: the checkpoint's)")
     parser.add_argument("--eps", type=float, default=None, help="radius (default: the checkpoint's training eps)")
-    parser.add_argument("--norm", default="2", help="2 or inf")
-    parser.add_argument("--data", default=None, help="data set name (default: the checkpoint's)")
+    if model_sources:
+        parser.add_argument("--norm", default=None, help="2 or inf (default: a RobustBench model's threat model, else 2)")
+        parser.add_argument("--data", default=None, help="data set name or a local FILE.npz (default: the checkpoint's, or the RobustBench --dataset)")
+    else:
+        parser.add_argument("--norm", default="2", help="2 or inf")
+        parser.add_argument("--data", default=None, help="data set name (default: the checkpoint's)")
     parser.add_argument("--data-root", default=None, help="directory holding the data set files")
     parser.add_argument("--split", choices=("test", "train"), default="test")
     parser.add_argument("--limit", type=int, default=None, help="certify only the first N points")
@@ -41,6 +48,20 @@ def _add_common_eval(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--out", default=None, help="directory for the JSON results")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_model_sources(parser: argparse.ArgumentParser) -> None:
+    """The model to certify: a relaxplug checkpoint, a RobustBench entry, or a CROWN-IBP / auto_LiRPA net."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="relaxplug checkpoint (.pt)")
+    source.add_argument("--robustbench", metavar="NAME", help="RobustBench model, read from MODEL_DIR/DATASET/THREAT_MODEL/NAME.pt")
+    source.add_argument("--lirpa-model", metavar="ARCH", help="CROWN-IBP / auto_LiRPA architecture (relaxplug list), with --lirpa-checkpoint and --data")
+    parser.add_argument("--dataset", default="cifar10", help="RobustBench data set: cifar10, cifar100, imagenet")
+    parser.add_argument("--threat-model", default="Linf", help="RobustBench threat model: Linf, L2, corruptions")
+    parser.add_argument("--model-dir", default="./models", help="RobustBench model folder (default ./models)")
+    parser.add_argument("--lirpa-checkpoint", metavar="PATH", help="the CROWN-IBP / auto_LiRPA checkpoint (.pth)")
+    parser.add_argument("--lirpa-normalize", default="auto", choices=("auto", "none", "cifar10"),
+                        help="input normalization put inside the net (auto: the projects' CIFAR-10 one on cifar10)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_eval.add_argument("--lipschitz", choices=("sound", "power"), default="sound", help="gloro: provable bounds (default) or converged power iteration")
     p_eval.add_argument("--spec", choices=("pairwise", "anchor", "logit"), default="pairwise", help="bound propagation: one spec row per needed pair (default, tightest), margins to the top-1 class only (anchor: about top-1 cost) or one row per logit (loosest)")
     p_eval.add_argument("--radius", type=int, default=0, metavar="STEPS", help="bound propagation: certified radius by STEPS bisection steps on eps per batch (gloro's radius is closed form)")
-    _add_common_eval(p_eval)
+    _add_common_eval(p_eval, model_sources=True)
 
     p_demo = sub.add_parser("demo", help="train and certify on the embedded default data")
     p_demo.add_argument("--out", default="out/demo")
@@ -69,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_compare = sub.add_parser("compare", help="compare certifiers on one model, guarantee and eps")
     p_compare.add_argument("--certifiers", default="gloro,ibp,crown-ibp,crown", help="comma-separated certifier names; NAME:MODE picks a spec mode, e.g. crown-ibp:anchor")
-    _add_common_eval(p_compare)
+    _add_common_eval(p_compare, model_sources=True)
 
     p_attack = sub.add_parser(
         "attack",
@@ -101,10 +122,29 @@ def _load_for_eval(args: argparse.Namespace):
     """``(loaded checkpoint, guarantee, spec string, eps, dataset, device)`` for ``eval``/``compare``."""
     from .robustness import load_evaluation
 
+    if getattr(args, "robustbench", None) or getattr(args, "lirpa_model", None):
+        from .zoo.evaluation import load_zoo_evaluation, norm_name
+
+        loaded = load_zoo_evaluation(
+            robustbench=args.robustbench, dataset=args.dataset, threat_model=args.threat_model,
+            model_dir=args.model_dir, lirpa_model=args.lirpa_model, lirpa_checkpoint=args.lirpa_checkpoint,
+            lirpa_normalize=args.lirpa_normalize, guarantee=args.guarantee, eps=args.eps, data=args.data,
+            data_root=args.data_root, split=args.split, device=args.device,
+        )
+        args.norm = args.norm or norm_name(loaded[0].norm) or "2"
+        print(f"model: {loaded[0].source} {loaded[0].name} ({loaded[0].path}), eps={loaded[3]:g}, L{args.norm}")
+        return loaded
+    if args.norm is None:
+        args.norm = "2"
     return load_evaluation(
         args.checkpoint, args.guarantee, args.eps, data=args.data, data_root=args.data_root,
         split=args.split, device=args.device,
     )
+
+
+def _model_file(args: argparse.Namespace, loaded) -> Path:
+    """The checkpoint certified: ``--checkpoint``, or the zoo model's file."""
+    return Path(args.checkpoint) if args.checkpoint else Path(loaded.path)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -124,9 +164,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     )
     record = summarize(cert, logits, labels)
     record["guarantee"] = spec
-    record["checkpoint"] = str(args.checkpoint)
+    record["checkpoint"] = str(_model_file(args, loaded))
     print(format_table([record], EVAL_COLUMNS))
-    out_dir = Path(args.out) if args.out else Path(args.checkpoint).parent
+    out_dir = Path(args.out) if args.out else _model_file(args, loaded).parent
     path = write_json(out_dir / "eval.json", record)
     print(f"wrote {path}")
     return 0
@@ -147,7 +187,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         loaded.model, x.to(device), y.to(device), guarantee, eps, args.norm, names, batch_size=args.batch_size, progress=not args.quiet,
     )
     print(format_table(result))
-    out_dir = Path(args.out) if args.out else Path(args.checkpoint).parent / "compare"
+    out_dir = Path(args.out) if args.out else _model_file(args, loaded).parent / "compare"
     save(result, out_dir)
     print(f"wrote {out_dir}")
     return 0
@@ -206,6 +246,11 @@ def _cmd_list(args: argparse.Namespace) -> int:
     print("certifiers:    ", ", ".join(_known_certifiers()))
     print("architectures: ", ", ".join(list_architectures()))
     print("data sets:     ", ", ".join(list_datasets()))
+    from .data import GROUPINGS
+    from .zoo import list_lirpa_architectures
+
+    print("groupings:     ", ", ".join(f"affinity:{name}" for name in GROUPINGS))
+    print("--lirpa-model: ", ", ".join(list_lirpa_architectures()))
     return 0
 
 

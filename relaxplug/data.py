@@ -41,12 +41,16 @@ from torch.utils.data import Dataset
 from .registry import Registry
 
 __all__ = [
+    "CIFAR10_ANIMALS",
     "CIFAR10_CLASS_NAMES",
+    "CIFAR10_VEHICLES",
+    "CIFAR10_VEHICLES_ANIMALS",
     "CIFAR100_COARSE",
     "CIFAR100_COARSE_NAMES",
     "CIFAR100_FINE_NAMES",
     "DATASETS",
     "EUROSAT_CLASS_NAMES",
+    "GROUPINGS",
     "ArrayDataset",
     "DatasetSplits",
     "ImageFileDataset",
@@ -110,6 +114,18 @@ CIFAR100_COARSE: tuple[tuple[int, ...], ...] = (
     (8, 13, 48, 58, 90),    # vehicles_1: bicycle, bus, motorcycle, pickup_truck, train
     (41, 69, 81, 85, 89),   # vehicles_2: lawn_mower, rocket, streetcar, tank, tractor
 )
+
+#: CIFAR-10's standard coarse split: vehicles (airplane, automobile, ship, truck) and animals
+CIFAR10_VEHICLES: tuple[int, ...] = (0, 1, 8, 9)
+CIFAR10_ANIMALS: tuple[int, ...] = (2, 3, 4, 5, 6, 7)
+CIFAR10_VEHICLES_ANIMALS: tuple[tuple[int, ...], ...] = (CIFAR10_VEHICLES, CIFAR10_ANIMALS)
+
+#: built-in groupings by data set name, usable as ``affinity:NAME`` / ``superclass:NAME`` sets:
+#: CIFAR-10 vehicles vs animals, CIFAR-100's 20 superclasses (its official coarse labels)
+GROUPINGS: dict[str, tuple[tuple[int, ...], ...]] = {
+    "cifar10": CIFAR10_VEHICLES_ANIMALS,
+    "cifar100": CIFAR100_COARSE,
+}
 
 EUROSAT_CLASS_NAMES: tuple[str, ...] = (
     "AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial",
@@ -410,7 +426,7 @@ def _load_cifar10(root: Path, verify: bool = False) -> DatasetSplits:
         n_classes=10,
         input_shape=(3, 32, 32),
         class_names=names,
-        groupings={"vehicles_animals": ((0, 1, 8, 9), (2, 3, 4, 5, 6, 7))},
+        groupings={"vehicles_animals": CIFAR10_VEHICLES_ANIMALS},
     )
 
 

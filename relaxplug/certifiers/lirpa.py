@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from relaxplug._compat import AUTO_LIRPA_INSTALL_HINT, import_auto_lirpa
+from relaxplug._compat import AUTO_LIRPA_INSTALL_HINT, import_auto_lirpa, onnx_shape_inference
 from relaxplug.adapters import Guarantee, MarginRequest
 from relaxplug.layers import Normalize
 
@@ -343,11 +343,37 @@ def _build(model: nn.Module, x: Tensor, conv_mode: str, identity_prefix: bool) -
         warnings.simplefilter("ignore", DeprecationWarning)
         try:
             bounded = lirpa.BoundedModule(lowered, (example,), bound_opts={"conv_mode": conv_mode}, device=x.device)
+            if not _batch_independent(bounded, lowered, example):
+                # x.view(x.size(0), -1) was converted for batch 1: convert with dynamic shapes
+                with onnx_shape_inference(False):
+                    bounded = lirpa.BoundedModule(lowered, (example,), bound_opts={"conv_mode": conv_mode},
+                                                  device=x.device)
         except Exception as error:
             raise RuntimeError(f"auto_LiRPA cannot convert the model ({type(error).__name__}: {error}); "
                                "only layers with auto_LiRPA support (or a lirpa_form rewrite) can be bounded") from error
+    if not _batch_independent(bounded, lowered, example):
+        raise RuntimeError("auto_LiRPA's form of the model does not reproduce it on a batch of two inputs "
+                           "(a shape fixed at conversion time?); it cannot be bounded")
     bounded.eval()
     return _Bounded(bounded, lowered, snapshot, width, head_width, _l2_input_is_safe(bounded))
+
+
+def _batch_independent(bounded, lowered: nn.Module, example: Tensor) -> bool:
+    """Whether the converted ``bounded`` reproduces ``lowered`` on a batch of two (``example`` and
+    a shifted copy): a model flattening with ``x.view(x.size(0), -1)`` can be converted with the
+    example's batch size 1 fixed into the reshape (:func:`relaxplug._compat.onnx_shape_inference`)."""
+    probe = torch.cat([example, example + 0.5 * (example.detach().abs().amax() + 1.0)])
+    try:
+        with torch.no_grad():
+            out = bounded(probe)
+            reference = lowered(probe)
+    except Exception:  # auto_LiRPA's forward fails on a frozen shape (RuntimeError, IndexError, ...)
+        return False
+    if not isinstance(out, Tensor) or out.shape != reference.shape:
+        return False
+    scale = float(reference.abs().max()) if reference.numel() else 0.0
+    tol = (1e-9 if example.dtype == torch.float64 else 1e-4) * (1.0 + scale)
+    return bool(torch.allclose(out, reference, rtol=0.0, atol=tol))
 
 
 def bounded_module(model: nn.Module, x: Tensor, conv_mode: str = "patches", norm: float = math.inf) -> _Bounded:

@@ -1,9 +1,11 @@
-"""Training loop: GloRo-instrumented certified training or natural training.
+"""Training loop: GloRo-instrumented certified training, CROWN-IBP training or natural training.
 
 Per batch (Leino et al. 2021): ``power_iterations`` power iterations per layer from persistent
 vectors give a differentiable body bound ``L``; ``K_ji = L ||w_j - w_i||``; the guarantee's
 margin ``m`` gives the instrumented output ``g`` (Equation B2) and the loss (cross-entropy or
-TRADES). Checkpoints are written atomically after every epoch and runs resume from them.
+TRADES). With ``method: crown-ibp`` the loss is CROWN-IBP's on auto_LiRPA bounds (standard or
+IGRP, :mod:`relaxplug.training.crown_ibp`), its eps ramp and kappa/beta schedules per batch.
+Checkpoints are written atomically after every epoch and runs resume from them.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from relaxplug.adapters import Guarantee, resolve_guarantee
+from relaxplug.adapters import Guarantee, load_sets, resolve_guarantee
 from relaxplug.checkpoint import load_checkpoint, save_checkpoint
 from relaxplug.config import TrainConfig, config_to_dict
 from relaxplug.lipschitz import LipschitzEstimator, head_distances
@@ -31,7 +33,7 @@ from relaxplug.runtime import resolve_device, seed_everything
 from .losses import gloro_cross_entropy, gloro_trades, guarantee_margin, instrumented_logits
 from .schedules import parse_schedule
 
-__all__ = ["train", "TrainResult", "resolve_training_guarantee", "gloro_step_loss"]
+__all__ = ["train", "TrainResult", "resolve_training_guarantee", "gloro_step_loss", "guarantee_name"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,17 +46,28 @@ class TrainResult:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
+def guarantee_name(config: TrainConfig) -> str:
+    """The guarantee name a checkpoint records: ``config.guarantee``, or for IGRP
+    ``igrp:EPS_IN,EPS_OUT`` (its groups are the checkpoint's ``sets``)."""
+    if config.guarantee.strip().lower() == "igrp":
+        return f"igrp:{float(config.eps_in)!r},{float(config.eps)!r}"
+    return config.guarantee
+
+
 def resolve_training_guarantee(config: TrainConfig, data) -> tuple[Guarantee, tuple | None]:
-    """The guarantee of a config, with bare ``affinity``/``superclass`` taking ``sets`` or the
-    data set's named ``grouping``; returns the sets stored with the checkpoint too."""
+    """The guarantee of a config, with bare ``affinity``/``superclass``/``igrp`` taking ``sets``,
+    the sets of ``sets_file`` or the data set's named ``grouping``; returns the sets stored with
+    the checkpoint too."""
     sets = config.sets
+    if config.sets_file is not None:
+        sets = load_sets(config.sets_file, data.class_names)
     if config.grouping is not None:
         if config.grouping not in data.groupings:
             raise ValueError(
                 f"data set {data.name!r} has no grouping {config.grouping!r}; known: {sorted(data.groupings)}"
             )
         sets = tuple(tuple(s) for s in data.groupings[config.grouping])
-    guarantee = resolve_guarantee(config.guarantee, sets=sets, class_names=data.class_names)
+    guarantee = resolve_guarantee(guarantee_name(config), sets=sets, class_names=data.class_names)
     guarantee.validate(data.n_classes)
     stored = getattr(guarantee, "sets", None)
     return guarantee, (tuple(tuple(s) for s in stored) if stored is not None else None)
@@ -92,10 +105,11 @@ def _metadata(config: TrainConfig, data, guarantee: Guarantee | None, sets, epoc
         "n_classes": int(data.n_classes),
         "dataset": data.name,
         "class_names": list(data.class_names),
-        "guarantee": config.guarantee if config.method == "gloro" else None,
+        "guarantee": guarantee_name(config) if config.method != "natural" else None,
         "guarantee_repr": repr(guarantee) if guarantee is not None else None,
         "sets": [list(s) for s in sets] if sets else None,
         "eps": float(config.eps),
+        "eps_in": float(config.eps_in) if config.eps_in is not None else None,
         "norm": float(config.norm),
         "normalization": None,
         "method": config.method,
@@ -121,9 +135,17 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> Tr
     model = build_model(config.architecture, data.input_shape, data.n_classes).to(device)
     guarantee, sets = (None, None)
     estimator = None
-    if config.method == "gloro":
+    crown_ibp = None
+    if config.method in ("gloro", "crown-ibp"):
         guarantee, sets = resolve_training_guarantee(config, data)
+    if config.method == "gloro":
         estimator = LipschitzEstimator(model, data.input_shape)
+    elif config.method == "crown-ibp":
+        from .crown_ibp import CrownIBPLoss, CrownIBPSchedule
+
+        schedule = CrownIBPSchedule.parse(config.warmup_epochs, config.eps_ramp_epochs, config.kappa, config.beta)
+        example = train_set[0][0][None].to(device)
+        crown_ibp = CrownIBPLoss(model, guarantee, config.eps, config.norm, schedule, example, data.n_classes)
     lr_schedule = parse_schedule(config.lr)
     lam_schedule = parse_schedule(config.trades_lambda)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr_schedule(0, config.epochs))
@@ -155,17 +177,22 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> Tr
         lr = lr_schedule(epoch, config.epochs)
         lam = lam_schedule(epoch, config.epochs)
         eps = config.eps
-        if config.eps_ramp_epochs:
+        if config.eps_ramp_epochs and config.method == "gloro":
             eps = config.eps * min(1.0, (epoch + 1) / config.eps_ramp_epochs)
+        mixing: dict[str, float] = {}
         for group in optimizer.param_groups:
             group["lr"] = lr
         model.train()
         totals = {"loss": 0.0, "correct": 0, "robust_correct": 0, "count": 0}
         start = time.perf_counter()
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
-        for x, y in bar:
+        for batch_index, (x, y) in enumerate(bar):
             x, y = x.to(device), y.to(device)
-            if config.method == "gloro":
+            if crown_ibp is not None:
+                out = crown_ibp(x, y, epoch * len(loader) + batch_index, len(loader))
+                loss, logits, robust = out.loss, out.logits, out.bound_correct
+                eps, mixing = out.eps, {"kappa": out.kappa, "beta": out.beta}
+            elif config.method == "gloro":
                 loss, logits, instrumented = gloro_step_loss(
                     model, estimator, guarantee, x, y, eps, config.loss, lam, config.power_iterations
                 )
@@ -191,6 +218,7 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> Tr
             "train_accuracy": totals["correct"] / totals["count"],
             "train_instrumented_accuracy": totals["robust_correct"] / totals["count"],
             "seconds": time.perf_counter() - start,
+            **mixing,  # crown-ibp: kappa and beta of the epoch's last batch
         }
         history.append(record)
         logger.info("epoch %d: %s", epoch + 1, record)
