@@ -220,7 +220,7 @@ def test_ibp_certifies_robustbench_model(name, model_dir):
     _check_certifier(load_robustbench(name, "cifar10", "L2", model_dir).model, "ibp")
 
 
-@pytest.mark.slow  # the sound Lipschitz bound of a ResNet-18 takes 30-60 s (and more) on 2 CPU cores
+# the sound Lipschitz bound of a ResNet-18 takes 30-50 s on one CPU core (float64 SVDs per frequency)
 @pytest.mark.parametrize("name", list(ARCHITECTURES))
 def test_gloro_certifies_robustbench_model(name, model_dir):
     _check_certifier(load_robustbench(name, "cifar10", "L2", model_dir).model, "gloro", thorough=False)
