@@ -33,7 +33,7 @@ def _add_common_eval(parser: argparse.ArgumentParser, model_sources: bool = Fals
         _add_model_sources(parser)
     else:
         parser.add_argument("--checkpoint", required=True, help="relaxplug checkpoint (.pt)")
-    parser.add_argument("--guarantee", default=None, help="standard | rtk:K | affinity[:SETS|FILE] | superclass[:cifar100|FILE] (default: the checkpoint's)")
+    parser.add_argument("--guarantee", default=None, help="standard | rtk:K | affinity[:SETS|FILE] | superclass[:cifar100|FILE] | igrp:FILE.yaml[@EPS_IN,EPS_OUT] (default: the checkpoint's)")
     parser.add_argument("--eps", type=float, default=None, help="radius (default: the checkpoint's training eps)")
     if model_sources:
         parser.add_argument("--norm", default=None, help="2 or inf (default: a RobustBench model's threat model, else 2)")
