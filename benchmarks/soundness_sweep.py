@@ -1,7 +1,8 @@
 """Soundness sweep: certify small random and briefly trained nets with every registered
 certifier, for every guarantee and both norms, and attack every certified point.
 
-Prints the counts (points, certified, attacked, broken) per combination and per certifier,
+Prints the counts (points, certified, claims, attacked, broken) per combination and per
+certifier (an IGRP certificate makes two claims, one per radius, and both are attacked),
 and exits 1 when any certificate is broken (3 when a certifier raised under --keep-going).
 Bound-propagation certifiers (ibp, crown-ibp, crown) join when auto_LiRPA is importable.
 
@@ -49,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(result.rows, (*SWEEP_COLUMNS, "seconds")))
         print()
     totals = [{"certifier": name, **counts} for name, counts in result.totals().items()]
-    print(format_table(totals, ("certifier", "combinations", "skipped", "points", "certified", "attacked", "broken")))
+    print(format_table(totals, ("certifier", "combinations", "skipped", "points", "certified", "claims", "attacked",
+                                     "broken")))
     print(f"\n{len(result.rows)} combinations run, {len(result.skipped)} skipped (norm not supported), "
           f"{result.seconds:.1f} s")
     if args.json:

@@ -28,12 +28,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from .adapters import Guarantee, rank_order, resolve_guarantee
+from .adapters import IGRP, Guarantee, rank_order, resolve_guarantee
 from .adapters.base import topk_class_mask
 from .attack import pgd_set_attack, set_margin
 from .certificate import Certificate
 from .certifiers import Certifier, get_certifier
-from .certify import _parse_norm, check_inputs
+from .certify import _parse_norm, check_inputs, resolve_eps
 
 __all__ = [
     "AttackResult",
@@ -511,7 +511,7 @@ def attack_report(
     model: nn.Module,
     data: Dataset | tuple[Tensor, Tensor],
     guarantee: str | Guarantee,
-    eps: float,
+    eps: float | None,
     norm: float | str = 2,
     certifier: str | Certifier | None = None,
     *,
@@ -535,6 +535,8 @@ def attack_report(
         certifier: a certifier name or instance; ``None`` attacks only.
         autoattack: also run AutoAttack for the standard guarantee (``autoattack_fast`` for a
             quick version, :func:`autoattack_accuracy`).
+        eps: the radius; for IGRP, which carries its own radii, ``None`` or its ``eps_out``, and
+            the record is :func:`relaxplug.igrp_attack.igrp_attack_report`'s.
     Returns:
         a JSON-ready record: ``points``, ``clean_accuracy``, ``vra`` (with a certifier),
         ``empirical_robust_accuracy`` (>= VRA when the certifier is sound), ``gap`` (their
@@ -550,6 +552,17 @@ def attack_report(
     x = x.to(param.device if param is not None else x.device)
     y = y.to(x.device)
     spec = resolve_guarantee(guarantee, sets=sets)
+    if isinstance(spec, IGRP):
+        from .igrp_attack import igrp_attack_report
+
+        resolve_eps(spec, eps)  # IGRP carries its radii: eps must be None or its eps_out
+        return igrp_attack_report(
+            model, x, y, spec, norm_value, certifier, steps=steps, restarts=restarts, targets=targets, seed=seed,
+            batch_size=batch_size, autoattack=autoattack, autoattack_fast=autoattack_fast, progress=progress,
+            **certifier_options,
+        )
+    if eps is None:
+        raise ValueError(f"eps is required for {spec!r}")
     start = time.perf_counter()
     result = attack_guarantee(model, x, y, spec, eps, norm_value, steps, restarts, seed, batch_size=batch_size, targets=targets)
     record: dict[str, Any] = {
@@ -644,7 +657,10 @@ def load_evaluation(
             raise ValueError(f"'{spec}' needs sets: the checkpoint stores none and {name!r} has no built-in grouping")
         sets = next(iter(splits.groupings.values()))
     resolved = resolve_guarantee(spec, sets=sets, class_names=splits.class_names)
-    eps = float(eps) if eps is not None else float(meta.get("eps", 0.0))
+    if len(resolved.radii(1.0)) > 1:
+        eps = resolve_eps(resolved, eps)  # IGRP carries its radii; a given eps must be its outer one
+    else:
+        eps = float(eps) if eps is not None else float(meta.get("eps", 0.0))
     if split not in ("test", "train"):
         raise ValueError(f"split must be 'test' or 'train', got {split!r}")
     dataset = splits.test if split == "test" else splits.train
@@ -694,7 +710,11 @@ def attack_main(
     record["checkpoint"] = str(checkpoint)
     from .report import format_table, write_json
 
-    print(format_table([record], REPORT_COLUMNS))
+    if isinstance(spec, IGRP):
+        from .igrp_attack import IGRP_ATTACK_COLUMNS as columns
+    else:
+        columns = REPORT_COLUMNS
+    print(format_table([record], columns))
     target = Path(out_dir) if out_dir is not None else Path(checkpoint).parent
     path = write_json(target / "attack.json", record)
     print(f"wrote {path}")

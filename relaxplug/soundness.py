@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .adapters import Affinity, Guarantee, RTK, Standard, Superclass
+from .adapters import IGRP, Affinity, Guarantee, RTK, Standard, Superclass
 from .certifiers import Certifier, get_certifier, list_certifiers
 from .certify import certify
 from .layers import InvertibleDownsample, MinMax
@@ -34,13 +34,15 @@ __all__ = [
     "cluster_data",
     "sweep_nets",
     "sweep_guarantees",
+    "sweep_igrp",
     "sweep_eps",
     "calibrate_eps",
     "soundness_sweep",
     "SWEEP_COLUMNS",
 ]
 
-SWEEP_COLUMNS = ("net", "norm", "eps", "certifier", "guarantee", "points", "certified", "sizes", "attacked", "broken")
+SWEEP_COLUMNS = ("net", "norm", "eps", "certifier", "guarantee", "points", "certified", "sizes", "claims", "attacked",
+                 "broken")
 
 NORMS = (2.0, float("inf"))
 
@@ -165,6 +167,17 @@ def sweep_guarantees(n_classes: int) -> list[tuple[str, Guarantee]]:
     ]
 
 
+def sweep_igrp(n_classes: int, eps: float) -> tuple[str, IGRP]:
+    """IGRP on a partition into (up to) three contiguous groups, ``eps_in = eps / 2``, ``eps_out = eps``."""
+    if n_classes < 4:
+        raise ValueError(f"the sweep's guarantees need at least 4 classes, got {n_classes}")
+    n_groups = 3 if n_classes >= 6 else 2
+    cuts = [round(g * n_classes / n_groups) for g in range(n_groups + 1)]
+    groups = [list(range(cuts[g], cuts[g + 1])) for g in range(n_groups)]
+    guarantee = IGRP(groups, eps / 2, eps)
+    return "igrp:" + ";".join(",".join(map(str, g)) for g in groups) + f"@{eps / 2:.4g},{eps:.4g}", guarantee
+
+
 def calibrate_eps(net: SweepNet, certifier: Certifier, norm: float, start: float, target: float = 0.5,
                   max_calls: int = 12) -> float:
     """Radius at which ``certifier`` certifies about ``target`` of the points (standard guarantee):
@@ -210,8 +223,8 @@ class SweepResult:
         return sum(row["broken"] for row in self.rows)
 
     def totals(self) -> dict[str, dict[str, int]]:
-        """``{certifier: {combinations, skipped, points, certified, attacked, broken}}``."""
-        keys = ("combinations", "skipped", "points", "certified", "attacked", "broken")
+        """``{certifier: {combinations, skipped, points, certified, claims, attacked, broken}}``."""
+        keys = ("combinations", "skipped", "points", "certified", "claims", "attacked", "broken")
         out: dict[str, dict[str, int]] = {}
         for row in self.rows:
             total = out.setdefault(row["certifier"], dict.fromkeys(keys, 0))
@@ -247,6 +260,34 @@ def _attack_claims(model: nn.Module, x: Tensor, claims: list[tuple[dict[str, Any
         row["broken_points"] = sorted(int(i) for i in idx[mine <= 0].tolist())
         row["broken"] = len(row["broken_points"])
         row["min_attack_margin"] = float(mine.min()) if mine.numel() else float("nan")
+
+
+def _igrp_row(net: SweepNet, certifier: Certifier, name: str, norm: float, eps: float, settings: SweepSettings,
+              seed: int, keep_going: bool) -> dict[str, Any]:
+    """Certify :func:`sweep_igrp` at ``eps`` and attack both claims of every certificate
+    (:func:`relaxplug.igrp_metrics.check_igrp_certificates`): ``claims`` counts the inner and
+    outer claims made, ``broken`` the points with a broken claim."""
+    from .igrp_metrics import check_igrp_certificates
+
+    label, guarantee = sweep_igrp(net.n_classes, eps)
+    row: dict[str, Any] = {
+        "net": net.name, "norm": _norm_name(norm), "eps": eps, "certifier": name, "guarantee": label,
+        "points": int(net.x.shape[0]), "certified": 0, "claims": 0, "attacked": 0, "broken": 0, "broken_points": [],
+    }
+    try:
+        cert = certify(net.model, net.x, None, norm, certifier, guarantee, radius=False)
+    except Exception as error:
+        if not keep_going:
+            raise RuntimeError(f"{name} failed on {net.name}, {label}, norm {_norm_name(norm)}: {error}") from error
+        row["error"] = f"{type(error).__name__}: {error}"
+        return row
+    claims = int(cert.verified_in.sum() + cert.group_verified.sum())
+    broken = check_igrp_certificates(net.model, net.x, cert, settings.steps, settings.restarts, seed=seed)
+    points = sorted(set(broken["in"]) | set(broken["out"]))
+    row.update(seconds=cert.seconds, certified=int(cert.certified.sum()), claims=claims, attacked=claims,
+               broken=len(points), broken_points=points,
+               sizes={"in": int(cert.verified_in.sum()), "out": int(cert.group_verified.sum())})
+    return row
 
 
 def soundness_sweep(
@@ -286,7 +327,7 @@ def soundness_sweep(
                         {"net": net.name, "norm": _norm_name(norm), "eps_scale": scale, "certifier": name, "guarantee": g,
                          "reason": str(error)}
                         for scale in settings.eps_scales
-                        for g, _ in guarantees
+                        for g in [*(g for g, _ in guarantees), "igrp"]
                     )
                     continue
                 try:
@@ -301,7 +342,8 @@ def soundness_sweep(
                     for label, guarantee in guarantees:
                         row: dict[str, Any] = {
                             "net": net.name, "norm": _norm_name(norm), "eps": eps, "certifier": name, "guarantee": label,
-                            "points": int(net.x.shape[0]), "certified": 0, "attacked": 0, "broken": 0, "broken_points": [],
+                            "points": int(net.x.shape[0]), "certified": 0, "claims": 0, "attacked": 0, "broken": 0,
+                            "broken_points": [],
                         }
                         result.rows.append(row)
                         try:
@@ -313,13 +355,15 @@ def soundness_sweep(
                             continue
                         row["seconds"] = cert.seconds
                         idx = cert.certified.nonzero(as_tuple=True)[0]
-                        row["certified"] = int(idx.numel())
+                        row["certified"] = row["claims"] = int(idx.numel())
                         sizes, counts = torch.unique(cert.k[idx], return_counts=True)
                         row["sizes"] = {int(k): int(c) for k, c in zip(sizes, counts)}
                         claims.append((row, idx, cert.classes[idx]))
                     _attack_claims(net.model, net.x, claims, eps, norm, settings, seed)
+                    igrp_row = _igrp_row(net, certifier, name, norm, eps, settings, seed, keep_going)
+                    result.rows.append(igrp_row)
                     if log is not None:
-                        done = [r for r, _, _ in claims]
+                        done = [r for r, _, _ in claims] + [igrp_row]
                         log(f"{net.name} {name} norm {_norm_name(norm)} eps {eps:.4g}: "
                             f"{sum(r['certified'] for r in done)} certified, {sum(r['broken'] for r in done)} broken")
     result.seconds = time.perf_counter() - start

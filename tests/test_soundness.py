@@ -6,7 +6,7 @@ import pytest
 
 from relaxplug.certifiers import CERTIFIERS, list_certifiers
 from relaxplug.certifiers.gloro import GloRoCertifier
-from relaxplug.soundness import SweepSettings, soundness_sweep, sweep_guarantees
+from relaxplug.soundness import SweepSettings, soundness_sweep, sweep_guarantees, sweep_igrp
 
 try:  # bound propagation joins the sweep when auto_LiRPA and its certifiers are there
     from relaxplug.certifiers import lirpa  # noqa: F401
@@ -22,7 +22,12 @@ def test_every_registered_certifier_is_sound_on_the_fast_sweep():
     assert broken == [], broken
     for name, counts in result.totals().items():
         assert counts["certified"] > 0, f"{name} certified no point: the sweep checked nothing"
-        assert counts["attacked"] == counts["certified"]
+        assert counts["attacked"] == counts["claims"] >= counts["certified"]
+    igrp = [row for row in result.rows if row["guarantee"].startswith("igrp:")]
+    assert {row["certifier"] for row in igrp} == ran  # the two-radius guarantee is swept too
+    for name in ran:
+        mine = [row for row in igrp if row["certifier"] == name]
+        assert sum(row["sizes"]["in"] for row in mine) > 0 and sum(row["sizes"]["out"] for row in mine) > 0, name
     # gloro is L2-only: its L-inf combinations are skipped and counted, not silently dropped
     assert any(row["certifier"] == "gloro" and row["norm"] == "inf" for row in result.skipped)
     assert not any(row["certifier"] == "gloro" and row["norm"] == "inf" for row in result.rows)
@@ -55,3 +60,11 @@ def test_sweep_guarantees_cover_overlap_and_partition():
     assert sorted(c for members in superclass.sets for c in members) == list(range(5))  # a partition
     with pytest.raises(ValueError):
         sweep_guarantees(3)
+
+
+@pytest.mark.parametrize("n_classes, n_groups", [(4, 2), (5, 2), (6, 3), (10, 3)])
+def test_sweep_igrp_partitions_the_classes(n_classes, n_groups):
+    label, guarantee = sweep_igrp(n_classes, 0.3)
+    assert len(guarantee.groups) == n_groups and all(guarantee.groups)
+    assert sorted(c for g in guarantee.groups for c in g) == list(range(n_classes))
+    assert guarantee.radii() == (0.15, 0.3) and label.endswith("@0.15,0.3")

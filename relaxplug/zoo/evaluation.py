@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from relaxplug.adapters import Guarantee, resolve_guarantee
+from relaxplug.certify import resolve_eps
 
 from .base import ZooModel
 from .lirpa_models import load_lirpa_model
@@ -103,7 +104,9 @@ def load_zoo_evaluation(
     if splits.name == "npz" and zoo.class_names and class_names == tuple(str(i) for i in range(splits.n_classes)):
         class_names = zoo.class_names  # an .npz without class_names: the model's (RobustBench's CIFAR names)
     resolved = resolve_guarantee(spec, sets=sets, class_names=class_names)
-    if eps is None:
+    if len(resolved.radii(1.0)) > 1:
+        eps = resolve_eps(resolved, eps)  # IGRP carries its radii; a given eps must be its outer one
+    elif eps is None:
         if zoo.eps is None:
             raise ValueError("--eps is required (the model carries no standard radius)")
         eps = zoo.eps

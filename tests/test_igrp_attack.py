@@ -1,0 +1,159 @@
+"""IGRP attacks (``relaxplug attack`` with a two-radius guarantee): exact on linear models,
+never breaking a sound certificate, catching a false one, and the command end to end."""
+
+import json
+import math
+import sys
+import types
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+import relaxplug as rp
+from relaxplug.adapters import IGRP
+from relaxplug.certifiers import CERTIFIERS, Certifier
+from relaxplug.checkpoint import save_checkpoint
+from relaxplug.igrp_attack import IGRP_ATTACK_COLUMNS, attack_igrp, igrp_attack_report
+from relaxplug.models import build_model
+from relaxplug.robustness import attack_main, attack_report
+
+from .adapters.test_igrp import GROUPS, certify_igrp_linear
+
+
+def _linear(seed):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(5, 6)).double().eval()
+
+
+def _exact(model, x, eps_in, eps_out):
+    W, b = model[0].weight.tolist(), model[0].bias.tolist()
+    rows = [certify_igrp_linear(W, b, x[i].tolist(), GROUPS, eps_in, eps_out, 2) for i in range(x.shape[0])]
+    return (torch.tensor([r["m_in"] for r in rows], dtype=torch.float64),
+            torch.tensor([r["m_out"] for r in rows], dtype=torch.float64))
+
+
+def test_both_claims_break_exactly_where_a_linear_model_violates_them():
+    model = _linear(seed=4)
+    x = torch.randn(40, 5, dtype=torch.float64)
+    guarantee = IGRP(GROUPS, 0.15, 0.5)
+    result = attack_igrp(model, x, guarantee, norm=2, steps=60, restarts=1, targets=3)
+    m_in, m_out = _exact(model, x, 0.15, 0.5)
+    for worst, exact in ((result.worst_in, m_in), (result.worst_out, m_out)):
+        assert (exact < -1e-3).any() and (exact > 1e-3).any()  # both outcomes occur
+        assert ((exact < -1e-3) <= (worst <= 0)).all()  # every real violation is found
+        assert not (worst[exact > 1e-9] <= 0).any()  # and none where there is none
+
+
+def test_empirical_figures_bound_the_certified_ones_and_nothing_breaks():
+    from relaxplug.soundness import _train_briefly, cluster_data
+
+    generator = torch.Generator().manual_seed(1)
+    x, y, centres = cluster_data((6,), 6, 256, generator)
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(6, 32), rp.layers.MinMax(), nn.Linear(32, 32), rp.layers.MinMax(), nn.Linear(32, 6))
+    _train_briefly(model, x, y, 150)
+    model.eval()
+    test_x, test_y, _ = cluster_data((6,), 6, 48, generator, centres)
+    guarantee = IGRP(GROUPS, 0.4 / 3, 0.4)
+    record = attack_report(model, TensorDataset(test_x, test_y), guarantee, None, 2, "gloro", steps=25, restarts=1,
+                           autoattack_fast=True)
+    assert record["broken"] == 0 and record["broken_in"] == [] and record["broken_out"] == []
+    assert 0 < record["vra"] < 1
+    assert record["empirical_accuracy_in"] >= record["verified_accuracy_in"] > 0
+    assert record["empirical_group_accuracy_out"] >= record["group_verified_accuracy_out"] > 0
+    assert record["empirical_robust_accuracy"] >= record["vra"]
+    assert record["gap"] == pytest.approx(record["empirical_robust_accuracy"] - record["vra"])
+    cert = rp.certify(model, test_x, norm=2, certifier="gloro", guarantee=guarantee)
+    assert record["attacked"] == int(cert.verified_in.sum() + cert.group_verified.sum())
+    assert record["certified"] == int(cert.certified.sum())
+    assert record["eps_in"] == pytest.approx(0.4 / 3) and record["eps"] == record["eps_out"] == 0.4
+    assert 0 <= record["autoattack_accuracy_in"] <= 1
+
+
+class _OverClaiming(Certifier):
+    """Claims every margin is huge: every point certified at every radius (a lie)."""
+
+    name = "test-igrp-overclaim"
+    norms = (2.0, float("inf"))
+
+    def bounds(self, model, x, logits, requests, norm):
+        return [torch.full((x.shape[0], r.n_candidates, logits.shape[1]), 1e6, dtype=logits.dtype) for r in requests]
+
+
+def test_a_false_certificate_is_caught_exactly_where_the_definition_rejects_it(monkeypatch):
+    monkeypatch.setitem(CERTIFIERS._entries, _OverClaiming.name, _OverClaiming)
+    model = _linear(seed=5)
+    x = torch.randn(40, 5, dtype=torch.float64)
+    y = model(x).argmax(1)
+    record = igrp_attack_report(model, x, y, IGRP(GROUPS, 0.3, 0.9), 2.0, _OverClaiming.name, steps=40, restarts=1,
+                                autoattack=False)
+    m_in, m_out = _exact(model, x, 0.3, 0.9)
+    assert record["certified"] == 40 and record["attacked"] == 80
+    for broken, exact in ((record["broken_in"], m_in), (record["broken_out"], m_out)):
+        found = set(broken)
+        assert set((exact < -1e-3).nonzero().flatten().tolist()) <= found  # every false claim is caught
+        assert found <= set((exact <= 1e-9).nonzero().flatten().tolist())  # and only false ones
+        assert found
+    assert record["broken_points"] == sorted(set(record["broken_in"]) | set(record["broken_out"]))
+
+
+def test_radii_come_from_the_guarantee():
+    model = _linear(seed=0)
+    x = torch.randn(4, 5, dtype=torch.float64)
+    data = TensorDataset(x, model(x).argmax(1))
+    with pytest.raises(ValueError, match="carries its own radii"):
+        attack_report(model, data, IGRP(GROUPS, 0.1, 0.2), 0.3, 2, None, autoattack=False)
+    with pytest.raises(ValueError, match="eps is required"):
+        attack_report(model, data, "rtk:2", None, 2, None, autoattack=False)
+    with pytest.raises(TypeError, match="needs an IGRP guarantee"):
+        attack_igrp(model, x, rp.adapters.RTK(2))
+
+
+@pytest.fixture
+def igrp_checkpoint(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    model = build_model("mlp", (4,), 6)
+    x = torch.randn(24, 4)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    path = save_checkpoint(tmp_path / "model.pt", model, {
+        "architecture": "mlp", "input_shape": [4], "n_classes": 6, "dataset": "test-blobs",
+        "guarantee": "igrp:0.01,0.03", "sets": GROUPS, "eps": 0.03, "eps_in": 0.01,
+    })
+    splits = SimpleNamespace(train=TensorDataset(x, y), test=TensorDataset(x, y), n_classes=6, input_shape=(4,),
+                             class_names=None, groupings={})
+
+    def load_dataset(name, root=None, **options):
+        assert name == "test-blobs"
+        return splits
+
+    try:
+        import relaxplug.data as data_module
+    except ImportError:
+        data_module = types.ModuleType("relaxplug.data")
+        monkeypatch.setitem(sys.modules, "relaxplug.data", data_module)
+    monkeypatch.setattr(data_module, "load_dataset", load_dataset, raising=False)
+    monkeypatch.setitem(CERTIFIERS._entries, _OverClaiming.name, _OverClaiming)
+    return path
+
+
+def test_attack_command_on_an_igrp_checkpoint(igrp_checkpoint, tmp_path, capsys):
+    code = attack_main(igrp_checkpoint, None, None, "2", "gloro", None, 20, 1, tmp_path / "good", "cpu", True,
+                       autoattack_fast=True)
+    out = capsys.readouterr().out
+    assert code == 0
+    assert all(column in out.splitlines()[0] for column in IGRP_ATTACK_COLUMNS)
+    record = json.loads((tmp_path / "good" / "attack.json").read_text())
+    assert record["eps_in"] == 0.01 and record["eps_out"] == 0.03 and record["broken"] == 0
+    assert record["guarantee"] == "igrp:0.01,0.03" and record["points"] == 24
+
+    code = attack_main(igrp_checkpoint, "igrp:0,3;1,4,5;2@0.5,2.0", None, "2", _OverClaiming.name, None, 20, 1,
+                       tmp_path / "bad", "cpu", False)
+    out = capsys.readouterr().out
+    assert code == 1 and "BROKEN" in out
+    record = json.loads((tmp_path / "bad" / "attack.json").read_text())
+    assert record["eps_in"] == 0.5 and record["certified"] == 24 and record["broken"] > 0
+    assert record["verified_accuracy_in"] == 1.0  # the lie claims every (correct) prediction
