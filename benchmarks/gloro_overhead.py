@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -25,26 +26,28 @@ from relaxplug.models import build_model
 from relaxplug.training.trainer import gloro_step_loss
 
 
-def timed(fn, repeats: int, device: torch.device) -> float:
-    """Median wall-clock seconds of ``fn`` over ``repeats`` runs (after one warm-up)."""
-    fn()
-    samples = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+def timed_side_by_side(fns: dict[str, Callable[[], None]], repeats: int, device: torch.device) -> dict[str, float]:
+    """Median wall-clock seconds of each function, measured in interleaved rounds (one call of
+    each per round, after one warm-up round), so drift in machine load hits all of them alike."""
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for round_index in range(repeats + 1):
+        for name, fn in fns.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if round_index:
+                samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=1024)
     parser.add_argument("--train-batch", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -68,9 +71,9 @@ def main() -> None:
     def certify_with_radius():
         rp.certify(model, x, eps=0.141, certifier="gloro", guarantee=guarantee, radius=True)
 
-    t_forward = timed(forward, args.repeats, device)
-    t_cert = timed(certify_no_radius, args.repeats, device)
-    t_cert_radius = timed(certify_with_radius, args.repeats, device)
+    times = timed_side_by_side({"forward": forward, "certify": certify_no_radius, "radius": certify_with_radius},
+                               args.repeats, device)
+    t_forward, t_cert, t_cert_radius = times["forward"], times["certify"], times["radius"]
 
     train_model = build_model("cifar_cnn", (3, 32, 32), 100).to(device).train()
     xb = torch.rand(args.train_batch, 3, 32, 32, device=device)
@@ -89,8 +92,8 @@ def main() -> None:
         loss.backward()
         optimizer.step()
 
-    t_plain = timed(plain_step, args.repeats, device)
-    t_gloro = timed(gloro_step, args.repeats, device)
+    times = timed_side_by_side({"plain": plain_step, "gloro": gloro_step}, args.repeats, device)
+    t_plain, t_gloro = times["plain"], times["gloro"]
 
     threads = torch.get_num_threads()
     print(f"device={device} threads={threads} cifar_cnn, 100 classes, RTK K=5")

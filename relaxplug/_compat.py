@@ -52,6 +52,7 @@ __all__ = [
     "shim_numpy_arraysetops",
     "shim_patches_device",
     "shim_pkg_resources",
+    "shim_relu_alpha_gradient",
     "shim_set_opset_version",
 ]
 
@@ -242,6 +243,62 @@ def shim_patches_device() -> bool:
     if cls is None or hasattr(cls, "device"):
         return False
     cls.device = property(lambda self: self.patches.device, doc="device of the patches tensor (relaxplug shim)")
+    return True
+
+
+def _clamp_has_boundary_gradient() -> bool:
+    """Whether ``torch.clamp`` passes the gradient at its bounds (torch < 2.x did; current torch
+    gives 0 there)."""
+    import torch
+
+    value = torch.tensor([0.0, 1.0], requires_grad=True)
+    value.clamp(min=0.0, max=1.0).sum().backward()
+    return bool((value.grad == 1).all())
+
+
+def _clamp_unit_inclusive(alpha):
+    """``clamp(alpha, 0, 1)`` whose gradient is 1 on the closed interval ``[0, 1]`` (0 outside), as
+    ``torch.clamp``'s was when auto_LiRPA 0.3 was written."""
+    import torch
+
+    return torch.where((alpha >= 0) & (alpha <= 1), alpha, alpha.clamp(min=0.0, max=1.0))
+
+
+def _relu_mask_alpha(lower, upper, lb_lower_d, ub_lower_d):
+    # auto_LiRPA 0.3's BoundRelu._relu_mask_alpha with _clamp_unit_inclusive for torch.clamp
+    lower_mask = (lower >= 0).requires_grad_(False).to(lower.dtype)
+    upper_mask = (upper <= 0).requires_grad_(False)
+    zero_coeffs = upper_mask.all()
+    no_mask = (1.0 - lower_mask) * (1.0 - upper_mask.to(upper.dtype))
+    if lb_lower_d is not None:
+        lb_lower_d = _clamp_unit_inclusive(lb_lower_d) * no_mask + lower_mask
+    if ub_lower_d is not None:
+        ub_lower_d = _clamp_unit_inclusive(ub_lower_d) * no_mask + lower_mask
+    return lb_lower_d, ub_lower_d, zero_coeffs
+
+
+@register_shim("auto_LiRPA", "post")
+def shim_relu_alpha_gradient() -> bool:
+    """alpha-CROWN's ReLU slopes must get a gradient at 0 and 1.
+
+    auto_LiRPA 0.3 starts every alpha at CROWN's slope (exactly 0 or 1), clips alphas back to
+    ``[0, 1]`` after each step, and reads them through ``torch.clamp(alpha, 0, 1)``. Current torch
+    gives ``clamp`` a zero gradient at its bounds, so no alpha ever moves and alpha-CROWN returns
+    CROWN's bounds. Installed only when torch's ``clamp`` behaves so and auto_LiRPA's
+    ``BoundRelu._relu_mask_alpha`` has 0.3's signature; the replacement computes the same values.
+    """
+    module = sys.modules.get("auto_LiRPA.operators.activation")
+    cls = getattr(module, "BoundRelu", None) if module is not None else None
+    original = vars(cls).get("_relu_mask_alpha") if cls is not None else None
+    if not isinstance(original, staticmethod) or getattr(original.__func__, "_relaxplug_shim", False):
+        return False
+    if list(inspect.signature(original.__func__).parameters) != ["lower", "upper", "lb_lower_d", "ub_lower_d"]:
+        return False
+    if _clamp_has_boundary_gradient():
+        return False
+    _relu_mask_alpha._relaxplug_shim = True
+    _relu_mask_alpha.__doc__ = original.__func__.__doc__
+    cls._relu_mask_alpha = staticmethod(_relu_mask_alpha)
     return True
 
 

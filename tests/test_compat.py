@@ -21,6 +21,7 @@ from relaxplug._compat import (
     shim_node_getitem,
     shim_numpy_arraysetops,
     shim_patches_device,
+    shim_relu_alpha_gradient,
     shim_set_opset_version,
 )
 
@@ -37,6 +38,7 @@ def test_registry_lists_every_shim_once_by_package_and_stage():
     assert stages["shim_node_getitem"] == ("auto_LiRPA", "pre")
     assert stages["shim_bounded_module_named_members"] == ("auto_LiRPA", "post")
     assert stages["shim_patches_device"] == ("auto_LiRPA", "post")
+    assert stages["shim_relu_alpha_gradient"] == ("auto_LiRPA", "post")
     with pytest.raises(ValueError, match="stage"):
         _compat.register_shim("x", "during")
 
@@ -178,6 +180,65 @@ def test_patches_device_left_untouched_when_present(monkeypatch):
     monkeypatch.setattr(Patches, "device", sentinel, raising=False)
     assert shim_patches_device() is False
     assert vars(Patches)["device"] is sentinel
+
+
+# ----------------------------------------------------------------------------- alpha-CROWN slopes
+
+
+def test_unit_clamp_keeps_values_and_passes_the_gradient_on_the_closed_interval():
+    alpha = torch.tensor([-0.5, 0.0, 0.3, 1.0, 1.5], requires_grad=True)
+    out = _compat._clamp_unit_inclusive(alpha)
+    out.sum().backward()
+    assert torch.equal(out.detach(), alpha.detach().clamp(0, 1))
+    assert alpha.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 0.0]
+
+
+@needs_lirpa
+def test_relu_alpha_shim_computes_the_same_values(monkeypatch):
+    import_auto_lirpa()
+    from auto_LiRPA.operators.activation import BoundRelu
+
+    lower = torch.tensor([-1.0, -1.0, 0.5, -2.0])
+    upper = torch.tensor([1.0, -0.5, 2.0, 3.0])
+    alpha = torch.tensor([0.0, 0.7, 1.0, 0.4])
+    shimmed = BoundRelu._relu_mask_alpha(lower, upper, alpha, alpha)
+    # auto_LiRPA 0.3's formula: clamp(alpha) on unstable neurons, 1 on active ones, 0 on dead ones
+    lower_mask = (lower >= 0).float()
+    reference = alpha.clamp(0, 1) * (1 - lower_mask) * (1 - (upper <= 0).float()) + lower_mask
+    assert torch.equal(shimmed[0], reference) and torch.equal(shimmed[1], reference)
+    assert reference.tolist() == pytest.approx([0.0, 0.0, 1.0, 0.4])
+    assert bool(shimmed[2]) is False
+
+
+@needs_lirpa
+def test_relu_alpha_shim_installed_only_when_clamp_blocks_the_gradient(monkeypatch):
+    import_auto_lirpa()
+    from auto_LiRPA.operators.activation import BoundRelu
+
+    def upstream(lower, upper, lb_lower_d, ub_lower_d):
+        return lb_lower_d, ub_lower_d, False
+
+    monkeypatch.setattr(BoundRelu, "_relu_mask_alpha", staticmethod(upstream))
+    monkeypatch.setattr(_compat, "_clamp_has_boundary_gradient", lambda: True)
+    assert shim_relu_alpha_gradient() is False  # a torch whose clamp passes the gradient
+    assert vars(BoundRelu)["_relu_mask_alpha"].__func__ is upstream
+    monkeypatch.setattr(_compat, "_clamp_has_boundary_gradient", lambda: False)
+    assert shim_relu_alpha_gradient() is True
+    assert vars(BoundRelu)["_relu_mask_alpha"].__func__ is _compat._relu_mask_alpha
+    assert shim_relu_alpha_gradient() is False  # idempotent
+
+    def renamed(low, up, a, b):  # a newer auto_LiRPA with another signature is left alone
+        return a, b, False
+
+    monkeypatch.setattr(BoundRelu, "_relu_mask_alpha", staticmethod(renamed))
+    assert shim_relu_alpha_gradient() is False
+    assert vars(BoundRelu)["_relu_mask_alpha"].__func__ is renamed
+
+
+def test_clamp_boundary_gradient_probe_reports_this_torch():
+    alpha = torch.tensor([0.0, 1.0], requires_grad=True)
+    alpha.clamp(0, 1).sum().backward()
+    assert _compat._clamp_has_boundary_gradient() == bool((alpha.grad == 1).all())
 
 
 # ----------------------------------------------------------------------------- importer

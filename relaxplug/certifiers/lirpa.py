@@ -1,4 +1,5 @@
-"""Bound-propagation certifiers through auto_LiRPA (Xu et al. 2020): ``ibp``, ``crown-ibp``, ``crown``.
+"""Bound-propagation certifiers through auto_LiRPA (Xu et al. 2020): ``ibp``, ``crown-ibp``, ``crown``,
+``alpha-crown``.
 
 Every certifier bounds the logit margins a guarantee asks for (DESIGN.md): the lower bound of
 ``C @ f(x')`` over the ``norm``-ball, where each row of the spec matrix ``C`` is
@@ -36,8 +37,11 @@ Importing this module registers the certifiers when auto_LiRPA is installed and 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
+import io
+import logging
 import math
 import warnings
 import weakref
@@ -57,11 +61,14 @@ from .base import Certifier, register_certifier, rounding_allowance
 if importlib.util.find_spec("auto_LiRPA") is None:  # checked without importing it
     raise ImportError(f"auto_LiRPA is not installed: {AUTO_LIRPA_INSTALL_HINT}", name="auto_LiRPA")
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
     "LirpaCertifier",
     "IBPCertifier",
     "CrownIBPCertifier",
     "CrownCertifier",
+    "AlphaCrownCertifier",
     "SpecRows",
     "spec_rows",
     "spec_matrix",
@@ -331,8 +338,10 @@ def clear_cache() -> None:
     _CACHE.clear()
 
 
-def _build(model: nn.Module, x: Tensor, conv_mode: str, identity_prefix: bool) -> _Bounded:
+def _build(model: nn.Module, x: Tensor, conv_mode: str, identity_prefix: bool,
+           options: tuple[tuple[str, Any], ...] = ()) -> _Bounded:
     lirpa = import_auto_lirpa()
+    bound_opts = {"conv_mode": conv_mode, **dict(options)}
     example = x[:1].detach()
     snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
     lowered, width, head_width = _lower(model, example)
@@ -342,12 +351,11 @@ def _build(model: nn.Module, x: Tensor, conv_mode: str, identity_prefix: bool) -
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
         try:
-            bounded = lirpa.BoundedModule(lowered, (example,), bound_opts={"conv_mode": conv_mode}, device=x.device)
+            bounded = lirpa.BoundedModule(lowered, (example,), bound_opts=dict(bound_opts), device=x.device)
             if not _batch_independent(bounded, lowered, example):
                 # x.view(x.size(0), -1) was converted for batch 1: convert with dynamic shapes
                 with onnx_shape_inference(False):
-                    bounded = lirpa.BoundedModule(lowered, (example,), bound_opts={"conv_mode": conv_mode},
-                                                  device=x.device)
+                    bounded = lirpa.BoundedModule(lowered, (example,), bound_opts=dict(bound_opts), device=x.device)
         except Exception as error:
             raise RuntimeError(f"auto_LiRPA cannot convert the model ({type(error).__name__}: {error}); "
                                "only layers with auto_LiRPA support (or a lirpa_form rewrite) can be bounded") from error
@@ -376,21 +384,24 @@ def _batch_independent(bounded, lowered: nn.Module, example: Tensor) -> bool:
     return bool(torch.allclose(out, reference, rtol=0.0, atol=tol))
 
 
-def bounded_module(model: nn.Module, x: Tensor, conv_mode: str = "patches", norm: float = math.inf) -> _Bounded:
+def bounded_module(model: nn.Module, x: Tensor, conv_mode: str = "patches", norm: float = math.inf,
+                   options: tuple[tuple[str, Any], ...] = ()) -> _Bounded:
     """The cached auto_LiRPA form of ``model`` for inputs shaped like ``x``, rebuilt when the
     model's state (parameters and buffers) differs from the one it was built from. For L2 balls,
     a model whose input is not read by a linear layer first is bounded behind an identity layer
-    (:func:`_l2_input_is_safe`)."""
-    entry = _cached(model, x, conv_mode, identity_prefix=False)
+    (:func:`_l2_input_is_safe`). ``options``: extra top-level ``bound_opts`` (flat values), part
+    of the cache key."""
+    entry = _cached(model, x, conv_mode, identity_prefix=False, options=options)
     if float(norm) != math.inf and not entry.l2_safe:
-        entry = _cached(model, x, conv_mode, identity_prefix=True)
+        entry = _cached(model, x, conv_mode, identity_prefix=True, options=options)
         if not entry.l2_safe:  # pragma: no cover - the prefix is a linear layer
             raise RuntimeError("cannot make the L2 input perturbation sound for auto_LiRPA")
     return entry
 
 
-def _cached(model: nn.Module, x: Tensor, conv_mode: str, identity_prefix: bool) -> _Bounded:
-    key = (tuple(x.shape[1:]), str(x.device), x.dtype, conv_mode, identity_prefix)
+def _cached(model: nn.Module, x: Tensor, conv_mode: str, identity_prefix: bool,
+            options: tuple[tuple[str, Any], ...] = ()) -> _Bounded:
+    key = (tuple(x.shape[1:]), str(x.device), x.dtype, conv_mode, identity_prefix, options)
     entries = _CACHE.get(model)
     if entries is None:
         entries = {}
@@ -398,7 +409,7 @@ def _cached(model: nn.Module, x: Tensor, conv_mode: str, identity_prefix: bool) 
     entry = entries.get(key)
     if entry is None or not entry.matches(model):
         entries.pop(key, None)
-        entry = _build(model, x, conv_mode, identity_prefix)
+        entry = _build(model, x, conv_mode, identity_prefix, options)
         while len(entries) >= _CACHE_PER_MODEL:
             entries.pop(next(iter(entries)))
         entries[key] = entry
@@ -435,12 +446,16 @@ class LirpaCertifier(Certifier):
     #: run ``compute_bounds`` under ``torch.no_grad`` (a subclass optimizing bounds with
     #: gradients, such as alpha-CROWN, sets it to False)
     no_grad = True
+    #: extra flat auto_LiRPA ``bound_opts`` the method's ``BoundedModule`` is built with
+    bound_options: tuple[tuple[str, Any], ...] = ()
+    #: the options :meth:`__init__` accepts (named in the error for an unknown one)
+    option_names: tuple[str, ...] = ("spec", "radius_bisection", "chunk_rows", "conv_mode")
 
     def __init__(self, spec: str = "pairwise", radius_bisection: int = 0, chunk_rows: int | None = None,
                  conv_mode: str = "patches", **unknown: Any):
         if unknown:
             raise ValueError(f"unknown option(s) {sorted(unknown)} for certifier {self.name!r}; known: "
-                             "spec, radius_bisection, chunk_rows, conv_mode")
+                             f"{', '.join(self.option_names)}")
         if spec not in SPEC_MODES:
             raise ValueError(f"spec must be one of {SPEC_MODES}, got {spec!r}")
         if isinstance(radius_bisection, bool) or not isinstance(radius_bisection, int) or radius_bisection < 0:
@@ -484,13 +499,18 @@ class LirpaCertifier(Certifier):
         for c, lower, upper in specs:
             ptb = lirpa.PerturbationLpNorm(norm=_norm_value(norm), eps=float(eps))
             inputs = (lirpa.BoundedTensor(x, ptb),)
-            with torch.no_grad() if self.no_grad else torch.enable_grad():
-                lb, ub = bounded.compute_bounds(x=inputs, C=c, method=self.method, bound_lower=lower,
-                                                bound_upper=upper, intermediate_layer_bounds=interm)
+            lb, ub = self._bound(bounded, inputs, c, lower, upper, interm)
             if self.reuse_intermediate and interm is None:
                 final = bounded.final_node() if final is None else final
                 interm = _intermediate_bounds(bounded, final)
             yield (lb.detach() if lower else None), (ub.detach() if upper else None)
+
+    def _bound(self, bounded, inputs, c: Tensor, lower: bool, upper: bool, interm, method: str | None = None):
+        """One ``compute_bounds`` call with ``method`` (default :attr:`method`): ``(lower bound,
+        upper bound)`` of ``c @ f`` (``None`` for a side not asked for)."""
+        with torch.no_grad() if self.no_grad else torch.enable_grad():
+            return bounded.compute_bounds(x=inputs, C=c, method=method or self.method, bound_lower=lower,
+                                          bound_upper=upper, intermediate_layer_bounds=interm)
 
     def _pairwise(self, entry: _Bounded, x: Tensor, request: MarginRequest, norm: float, dtype) -> Tensor:
         order = request.order
@@ -585,7 +605,7 @@ class LirpaCertifier(Certifier):
             return []
         if logits.ndim != 2 or logits.shape[1] < 2:
             raise ValueError(f"logits must be (B, n) with n >= 2, got {tuple(logits.shape)}")
-        entry = bounded_module(model, x, self.conv_mode, norm)
+        entry = bounded_module(model, x, self.conv_mode, norm, self.bound_options)
         self._device_type = x.device.type
         out = []
         for request in requests:
@@ -705,11 +725,61 @@ class CrownCertifier(LirpaCertifier):
     reuse_intermediate = True
 
 
-# alpha-CROWN (method "CROWN-Optimized") is deliberately not registered. With auto_LiRPA 0.3 on
-# torch 2.14 it runs on dense nets but its alpha optimisation never improves on CROWN (identical
-# bounds, "early stop ... no improvement" on a plain ReLU MLP at 20-50 iterations), and on small
-# convolutional nets with the lowered MinMax it fails inside auto_LiRPA
-# ("shape mismatch: value tensor of shape [9, 16, 8, 2, 2] cannot be broadcast to indexing result
-# of shape [9, 16, 29, 2, 2]" in reconstruct_full_alpha, sparse alpha). It would cost 10-20x
-# CROWN for no gain. A subclass with ``method = "CROWN-Optimized"``, ``no_grad = False`` and
-# ``reuse_intermediate = False`` is all a newer auto_LiRPA needs.
+@register_certifier("alpha-crown")
+class AlphaCrownCertifier(LirpaCertifier):
+    """alpha-CROWN (Xu et al. 2021, "Fast and Complete"): CROWN whose lower ReLU relaxation slopes
+    ``alpha in [0, 1]`` are optimised by projected gradient ascent on the bounds themselves
+    (auto_LiRPA's ``CROWN-Optimized``, intermediate layers included). Every ``alpha`` gives a valid
+    relaxation, so every iterate is a sound bound; auto_LiRPA keeps the best one per spec row, which
+    is never looser than CROWN's.
+
+    Args:
+        iterations: gradient steps per ``compute_bounds`` call (auto_LiRPA's ``iteration``).
+        lr: step size of the slopes (auto_LiRPA's ``lr_alpha``).
+
+    auto_LiRPA 0.3 needs two things for it on current torch: its sparse-alpha bookkeeping off
+    (it fails with a shape mismatch even on dense ReLU nets), and
+    :func:`relaxplug._compat.shim_relu_alpha_gradient` (without it no slope ever moves and the
+    result is CROWN's). The optimisation costs about ``iterations`` CROWN passes.
+    """
+
+    name = "alpha-crown"
+    method = "CROWN-Optimized"
+    no_grad = False
+    reuse_intermediate = False
+    bound_options = (("sparse_intermediate_bounds", False), ("sparse_features_alpha", False),
+                     ("sparse_spec_alpha", False))
+    option_names = LirpaCertifier.option_names + ("iterations", "lr")
+
+    def __init__(self, iterations: int = 20, lr: float = 0.5, **options: Any):
+        super().__init__(**options)
+        if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+            raise ValueError(f"iterations must be a positive integer, got {iterations!r}")
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+            raise ValueError(f"lr must be a positive number, got {lr!r}")
+        self.iterations = iterations
+        self.lr = float(lr)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(spec={self.spec!r}, radius_bisection={self.radius_bisection}, "
+                f"iterations={self.iterations}, lr={self.lr:g})")
+
+    def _bound(self, bounded, inputs, c: Tensor, lower: bool, upper: bool, interm, method: str | None = None):
+        """auto_LiRPA optimises one side per call: lower and upper bounds are two calls. A model
+        with no activation to relax (a linear model) has nothing to optimise: that is CROWN."""
+        if not getattr(bounded, "optimizable_activations", None):
+            return super()._bound(bounded, inputs, c, lower, upper, interm, method="CROWN")
+        bounded.set_bound_opts({"optimize_bound_args": {"iteration": self.iterations, "lr_alpha": self.lr}})
+        sides = []
+        for side in ("lower", "upper"):
+            if not (lower if side == "lower" else upper):
+                sides.append(None)
+                continue
+            # auto_LiRPA 0.3 prints a line whenever its early stopping triggers
+            with contextlib.redirect_stdout(io.StringIO()) as printed, torch.enable_grad():
+                lb, ub = bounded.compute_bounds(x=inputs, C=c, method=self.method, bound_lower=side == "lower",
+                                                bound_upper=side == "upper")
+            if printed.getvalue():
+                logger.debug("auto_LiRPA: %s", printed.getvalue().strip())
+            sides.append(lb if side == "lower" else ub)
+        return sides[0], sides[1]

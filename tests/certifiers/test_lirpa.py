@@ -370,3 +370,62 @@ def test_registered_with_both_norms():
         certifier.check_norm(float("inf"))
         with pytest.raises(ValueError, match="supports norms"):
             certifier.check_norm(1)
+
+
+# ----------------------------------------------------------------------------- alpha-CROWN
+
+
+@pytest.mark.parametrize("norm", list(NORMS))
+@pytest.mark.parametrize("name, kind, kwargs", GUARANTEES[1:4])
+def test_alpha_crown_on_a_linear_model_equals_the_definition(name, kind, kwargs, norm):
+    model = _linear_model(seed=1)
+    x = torch.randn(24, 5, dtype=torch.float64)
+    W, b = model[0].weight.tolist(), model[0].bias.tolist()
+    for eps in (0.0, 0.2):
+        cert = rp.certify(model, x, eps=eps, norm=norm, certifier=make("alpha-crown", iterations=3), guarantee=name)
+        _check_against_definition(cert, W, b, x, eps, kind, kwargs, NORMS[norm])
+
+
+def _unstable_relu_net():
+    torch.manual_seed(7)
+    return nn.Sequential(nn.Linear(6, 48), nn.ReLU(), nn.Linear(48, 48), nn.ReLU(), nn.Linear(48, 5)).eval()
+
+
+@pytest.mark.parametrize("norm, eps", [(math.inf, 0.15), (2.0, 0.4)])
+def test_alpha_crown_tightens_crown_and_stays_sound(norm, eps):
+    """Optimised slopes never loosen a bound and tighten some (with auto_LiRPA 0.3 on current torch
+    this needs relaxplug._compat.shim_relu_alpha_gradient); every certified set survives attacks."""
+    model = _unstable_relu_net()
+    x = torch.randn(32, 6)
+    crown = rp.certify(model, x, eps, norm, "crown", "rtk:2", radius=False)
+    alpha = rp.certify(model, x, eps, norm, make("alpha-crown", iterations=20), "rtk:2", radius=False)
+    assert (alpha.margin >= crown.margin - 1e-5).all()
+    assert (alpha.margin > crown.margin + 1e-3).float().mean() > 0.5  # the slopes moved
+    assert not (crown.certified & ~alpha.certified).any()
+    for eps_check in (eps, eps * 2):
+        cert = rp.certify(model, x, eps_check, norm, "alpha-crown", "rtk:2", radius=False)
+        idx = cert.certified.nonzero().flatten()
+        if len(idx):
+            worst, _ = pgd_set_attack(model, x[idx], cert.classes[idx], eps_check, norm=norm, steps=50, restarts=2)
+            assert (worst > 0).all(), idx[worst <= 0].tolist()
+
+
+def test_alpha_crown_runs_on_minmax_conv_nets_and_bounds_both_sides():
+    model, shape = _nets()["conv"]
+    x = torch.randn(6, *shape)
+    crown = rp.certify(model, x, 0.02, math.inf, "crown", "rtk:2", radius=False)
+    alpha = rp.certify(model, x, 0.02, math.inf, make("alpha-crown", iterations=2), "rtk:2", radius=False)
+    assert (alpha.margin >= crown.margin - 1e-5).all()
+    logit = rp.certify(model, x, 0.02, math.inf, make("alpha-crown", iterations=2, spec="logit"), "rtk:2", radius=False)
+    assert (logit.margin <= alpha.margin + 1e-5).all()  # lower and upper bounds, one side per call
+
+
+def test_alpha_crown_options():
+    certifier = make("alpha-crown", iterations=5, lr=0.1, spec="anchor")
+    assert (certifier.iterations, certifier.lr, certifier.spec) == (5, 0.1, "anchor")
+    with pytest.raises(ValueError, match="iterations"):
+        make("alpha-crown", iterations=0)
+    with pytest.raises(ValueError, match="lr"):
+        make("alpha-crown", lr=-1.0)
+    with pytest.raises(ValueError, match="known: spec, radius_bisection, chunk_rows, conv_mode, iterations, lr"):
+        make("alpha-crown", steps=3)
