@@ -36,10 +36,10 @@ def _add_common_eval(parser: argparse.ArgumentParser, model_sources: bool = Fals
     parser.add_argument("--guarantee", default=None, help="standard | rtk:K | affinity[:SETS|FILE] | superclass[:cifar100|FILE] | igrp:FILE.yaml[@EPS_IN,EPS_OUT] (default: the checkpoint's)")
     parser.add_argument("--eps", type=float, default=None, help="radius (default: the checkpoint's training eps)")
     if model_sources:
-        parser.add_argument("--norm", default=None, help="2 or inf (default: a RobustBench model's threat model, else 2)")
+        parser.add_argument("--norm", default=None, help="2 or inf (default: a RobustBench model's threat model, a checkpoint's training norm, else 2)")
         parser.add_argument("--data", default=None, help="data set name or a local FILE.npz (default: the checkpoint's, or the RobustBench --dataset)")
     else:
-        parser.add_argument("--norm", default="2", help="2 or inf")
+        parser.add_argument("--norm", default=None, help="2 or inf (default: the checkpoint's training norm)")
         parser.add_argument("--data", default=None, help="data set name (default: the checkpoint's)")
     parser.add_argument("--data-root", default=None, help="directory holding the data set files")
     parser.add_argument("--split", choices=("test", "train"), default="test")
@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _load_for_eval(args: argparse.Namespace):
     """``(loaded checkpoint, guarantee, spec string, eps, dataset, device)`` for ``eval``/``compare``."""
-    from .robustness import load_evaluation
+    from .robustness import checkpoint_norm, load_evaluation
 
     if getattr(args, "robustbench", None) or getattr(args, "lirpa_model", None):
         from .zoo.evaluation import load_zoo_evaluation, norm_name
@@ -134,12 +134,13 @@ def _load_for_eval(args: argparse.Namespace):
         args.norm = args.norm or norm_name(loaded[0].norm) or "2"
         print(f"model: {loaded[0].source} {loaded[0].name} ({loaded[0].path}), eps={loaded[3]:g}, L{args.norm}")
         return loaded
-    if args.norm is None:
-        args.norm = "2"
-    return load_evaluation(
+    loaded = load_evaluation(
         args.checkpoint, args.guarantee, args.eps, data=args.data, data_root=args.data_root,
         split=args.split, device=args.device,
     )
+    if args.norm is None:
+        args.norm = checkpoint_norm(loaded[0].metadata)
+    return loaded
 
 
 def _model_file(args: argparse.Namespace, loaded) -> Path:

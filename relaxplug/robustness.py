@@ -45,6 +45,7 @@ __all__ = [
     "attack_report",
     "attack_main",
     "load_evaluation",
+    "checkpoint_norm",
     "REPORT_COLUMNS",
 ]
 
@@ -667,11 +668,17 @@ def load_evaluation(
     return loaded, resolved, spec, eps, dataset, device
 
 
+def checkpoint_norm(metadata: dict[str, Any]) -> str:
+    """The norm a checkpoint was trained for, as the CLI spells it (``"2"`` when it records none)."""
+    norm = float(metadata.get("norm") or 2.0)
+    return "inf" if norm == float("inf") else f"{norm:g}"
+
+
 def attack_main(
     checkpoint: str | Path,
     guarantee: str | None = None,
     eps: float | None = None,
-    norm: str | float = "2",
+    norm: str | float | None = None,
     certifier: str | None = "gloro",
     limit: int | None = None,
     steps: int = 50,
@@ -693,12 +700,15 @@ def attack_main(
 
     Args:
         certifier: a certifier name, or ``None``/``"none"`` to attack only.
+        norm: ``2`` or ``inf``; ``None`` takes the checkpoint's training norm.
     Returns:
         the exit code: 1 (naming the points) when some certificate is broken, else 0.
     """
     loaded, spec, spec_name, eps, dataset, device = load_evaluation(
         checkpoint, guarantee, eps, data=data, data_root=data_root, split=split, device=device
     )
+    if norm is None:
+        norm = checkpoint_norm(loaded.metadata)
     if isinstance(certifier, str) and certifier.strip().lower() in ("", "none"):
         certifier = None
     record = attack_report(

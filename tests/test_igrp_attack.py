@@ -112,8 +112,8 @@ def test_radii_come_from_the_guarantee():
         attack_igrp(model, x, rp.adapters.RTK(2))
 
 
-@pytest.fixture
-def igrp_checkpoint(tmp_path, monkeypatch):
+@pytest.fixture(params=[2.0])
+def igrp_checkpoint(request, tmp_path, monkeypatch):
     torch.manual_seed(0)
     model = build_model("mlp", (4,), 6)
     x = torch.randn(24, 4)
@@ -121,7 +121,7 @@ def igrp_checkpoint(tmp_path, monkeypatch):
         y = model(x).argmax(1)
     path = save_checkpoint(tmp_path / "model.pt", model, {
         "architecture": "mlp", "input_shape": [4], "n_classes": 6, "dataset": "test-blobs",
-        "guarantee": "igrp:0.01,0.03", "sets": GROUPS, "eps": 0.03, "eps_in": 0.01,
+        "guarantee": "igrp:0.01,0.03", "sets": GROUPS, "eps": 0.03, "eps_in": 0.01, "norm": request.param,
     })
     splits = SimpleNamespace(train=TensorDataset(x, y), test=TensorDataset(x, y), n_classes=6, input_shape=(4,),
                              class_names=None, groupings={})
@@ -141,14 +141,14 @@ def igrp_checkpoint(tmp_path, monkeypatch):
 
 
 def test_attack_command_on_an_igrp_checkpoint(igrp_checkpoint, tmp_path, capsys):
-    code = attack_main(igrp_checkpoint, None, None, "2", "gloro", None, 20, 1, tmp_path / "good", "cpu", True,
-                       autoattack_fast=True)
+    code = attack_main(igrp_checkpoint, None, None, None, "gloro", None, 20, 1, tmp_path / "good", "cpu", True,
+                       autoattack_fast=True)  # norm: the checkpoint's
     out = capsys.readouterr().out
     assert code == 0
     assert all(column in out.splitlines()[0] for column in IGRP_ATTACK_COLUMNS)
     record = json.loads((tmp_path / "good" / "attack.json").read_text())
     assert record["eps_in"] == 0.01 and record["eps_out"] == 0.03 and record["broken"] == 0
-    assert record["guarantee"] == "igrp:0.01,0.03" and record["points"] == 24
+    assert record["guarantee"] == "igrp:0.01,0.03" and record["points"] == 24 and record["norm"] == "2"
 
     code = attack_main(igrp_checkpoint, "igrp:0,3;1,4,5;2@0.5,2.0", None, "2", _OverClaiming.name, None, 20, 1,
                        tmp_path / "bad", "cpu", False)
@@ -157,3 +157,12 @@ def test_attack_command_on_an_igrp_checkpoint(igrp_checkpoint, tmp_path, capsys)
     record = json.loads((tmp_path / "bad" / "attack.json").read_text())
     assert record["eps_in"] == 0.5 and record["certified"] == 24 and record["broken"] > 0
     assert record["verified_accuracy_in"] == 1.0  # the lie claims every (correct) prediction
+
+
+@pytest.mark.parametrize("igrp_checkpoint", [math.inf], indirect=True)
+def test_attack_command_takes_the_checkpoint_norm(igrp_checkpoint, tmp_path):
+    code = attack_main(igrp_checkpoint, None, None, None, "none", None, 10, 0, tmp_path, "cpu", False)
+    record = json.loads((tmp_path / "attack.json").read_text())
+    assert code == 0 and record["norm"] == "inf" and record["certifier"] == "-"
+    attack_main(igrp_checkpoint, None, None, "2", "none", None, 10, 0, tmp_path, "cpu", False)
+    assert json.loads((tmp_path / "attack.json").read_text())["norm"] == "2"  # an explicit --norm wins
