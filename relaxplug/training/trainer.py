@@ -208,7 +208,7 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> Tr
             totals["correct"] += (logits.argmax(1) == y).sum().item()
             totals["robust_correct"] += robust
             totals["count"] += len(y)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         record = {
             "epoch": epoch + 1,
             "lr": lr,
