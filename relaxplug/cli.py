@@ -11,6 +11,9 @@ from typing import Sequence
 __all__ = ["main", "build_parser"]
 
 EVAL_COLUMNS = ("guarantee", "certifier", "eps", "norm", "points", "clean_accuracy", "vra", "rejection_rate", "certified_set_sizes", "median_radius", "seconds")
+#: ``eval``'s table for IGRP: both radii and both claims (``vra`` is both claims and a correct prediction)
+IGRP_EVAL_COLUMNS = ("guarantee", "certifier", "eps_in", "eps_out", "norm", "points", "clean_accuracy", "verified_accuracy_in",
+                     "group_verified_accuracy_out", "vra", "rejection_rate", "seconds")
 
 
 def _known_certifiers() -> list[str]:
@@ -79,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_eval.add_argument("--certifier", default="gloro", help=f"one of {', '.join(_known_certifiers())}")
     p_eval.add_argument("--lipschitz", choices=("sound", "power"), default="sound", help="gloro: provable bounds (default) or converged power iteration")
     p_eval.add_argument("--spec", choices=("pairwise", "anchor", "logit"), default="pairwise", help="bound propagation: one spec row per needed pair (default, tightest), margins to the top-1 class only (anchor: about top-1 cost) or one row per logit (loosest)")
+    p_eval.add_argument("--alpha-iterations", type=int, default=None, metavar="N", help="alpha-crown: slope optimisation steps per bound (default 20)")
     p_eval.add_argument("--radius", type=int, default=0, metavar="STEPS", help="bound propagation: certified radius by STEPS bisection steps on eps per batch (gloro's radius is closed form)")
     _add_common_eval(p_eval, model_sources=True)
 
@@ -159,6 +163,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         options = {"lipschitz": args.lipschitz}
     else:
         options = {"spec": args.spec, "radius_bisection": args.radius}
+        if args.alpha_iterations is not None:
+            if args.certifier != "alpha-crown":
+                raise ValueError("--alpha-iterations applies to --certifier alpha-crown only")
+            options["iterations"] = args.alpha_iterations
     cert, logits, labels = certify_dataset(
         loaded.model, dataset, eps, args.norm, args.certifier, guarantee, args.batch_size, device,
         limit=args.limit, progress=not args.quiet, **options,
@@ -166,7 +174,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     record = summarize(cert, logits, labels)
     record["guarantee"] = spec
     record["checkpoint"] = str(_model_file(args, loaded))
-    print(format_table([record], EVAL_COLUMNS))
+    print(format_table([record], IGRP_EVAL_COLUMNS if "eps_out" in record else EVAL_COLUMNS))
     out_dir = Path(args.out) if args.out else _model_file(args, loaded).parent
     path = write_json(out_dir / "eval.json", record)
     print(f"wrote {path}")
