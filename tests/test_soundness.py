@@ -68,3 +68,13 @@ def test_sweep_igrp_partitions_the_classes(n_classes, n_groups):
     assert len(guarantee.groups) == n_groups and all(guarantee.groups)
     assert sorted(c for g in guarantee.groups for c in g) == list(range(n_classes))
     assert guarantee.radii() == (0.15, 0.3) and label.endswith("@0.15,0.3")
+
+
+@pytest.mark.slow
+def test_the_full_sweep_breaks_no_certificate():
+    """The full mode of ``benchmarks/soundness_sweep.py`` (every architecture random and trained,
+    200 points, three radii, 100 PGD steps, 3 restarts): tens of minutes on 2 cores."""
+    result = soundness_sweep(fast=False)
+    assert result.broken == 0, [row for row in result.rows if row["broken"]]
+    for name, counts in result.totals().items():
+        assert counts["certified"] > 0 and counts["attacked"] == counts["claims"], name
