@@ -4,7 +4,7 @@ certifier, for every guarantee and both norms, and attack every certified point.
 Prints the counts (points, certified, claims, attacked, broken) per combination and per
 certifier (an IGRP certificate makes two claims, one per radius, and both are attacked),
 and exits 1 when any certificate is broken (3 when a certifier raised under --keep-going).
-Bound-propagation certifiers (ibp, crown-ibp, crown) join when auto_LiRPA is importable.
+Bound-propagation certifiers (ibp, crown-ibp, crown, alpha-crown) join when auto_LiRPA is importable.
 
 Usage: python benchmarks/soundness_sweep.py [--fast] [--certifiers gloro,crown] [--seed 0]
        [--keep-going] [--json sweep.json]

@@ -57,7 +57,7 @@ __all__ = [
 ]
 
 AUTO_LIRPA_INSTALL_HINT = (
-    "the bound-propagation certifiers (ibp, crown-ibp, crown) need auto_LiRPA. Its only release "
+    "the bound-propagation certifiers (ibp, crown-ibp, crown, alpha-crown) need auto_LiRPA. Its only release "
     "on the package index, 0.3, pins torch<1.13 in its metadata, so install it without its pins: "
     "`pip install --no-deps auto-lirpa==0.3 && pip install tqdm appdirs packaging` "
     "(`make install` does this); relaxplug restores the APIs it needs at import time"
