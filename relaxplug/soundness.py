@@ -268,6 +268,27 @@ def _attack_claims(model: nn.Module, x: Tensor, claims: list[tuple[dict[str, Any
         row["min_attack_margin"] = float(mine.min()) if mine.numel() else float("nan")
 
 
+def _new_row(net: SweepNet, norm: float, eps: float, certifier: str, guarantee: str) -> dict[str, Any]:
+    """A sweep row with zero counts."""
+    return {"net": net.name, "norm": _norm_name(norm), "eps": eps, "certifier": certifier, "guarantee": guarantee,
+            "points": int(net.x.shape[0]), "certified": 0, "claims": 0, "attacked": 0, "broken": 0,
+            "broken_points": []}
+
+
+def _certify_row(row: dict[str, Any], net: SweepNet, eps: float | None, norm: float, certifier: Certifier,
+                 guarantee: Guarantee, keep_going: bool):
+    """Certify ``net``'s points for ``row``; on a certifier error, raise, or with ``keep_going``
+    record it in ``row["error"]`` and return ``None``."""
+    try:
+        return certify(net.model, net.x, eps, norm, certifier, guarantee, radius=False)
+    except Exception as error:
+        if not keep_going:
+            raise RuntimeError(f"{row['certifier']} failed on {net.name}, {row['guarantee']}, norm {row['norm']}, "
+                               f"eps {row['eps']:.4g}: {error}") from error
+        row["error"] = f"{type(error).__name__}: {error}"
+        return None
+
+
 def _igrp_row(net: SweepNet, certifier: Certifier, name: str, norm: float, eps: float, settings: SweepSettings,
               seed: int, keep_going: bool) -> dict[str, Any]:
     """Certify :func:`sweep_igrp` at ``eps`` and attack both claims of every certificate
@@ -276,16 +297,9 @@ def _igrp_row(net: SweepNet, certifier: Certifier, name: str, norm: float, eps: 
     from .igrp_metrics import check_igrp_certificates
 
     label, guarantee = sweep_igrp(net.n_classes, eps)
-    row: dict[str, Any] = {
-        "net": net.name, "norm": _norm_name(norm), "eps": eps, "certifier": name, "guarantee": label,
-        "points": int(net.x.shape[0]), "certified": 0, "claims": 0, "attacked": 0, "broken": 0, "broken_points": [],
-    }
-    try:
-        cert = certify(net.model, net.x, None, norm, certifier, guarantee, radius=False)
-    except Exception as error:
-        if not keep_going:
-            raise RuntimeError(f"{name} failed on {net.name}, {label}, norm {_norm_name(norm)}: {error}") from error
-        row["error"] = f"{type(error).__name__}: {error}"
+    row = _new_row(net, norm, eps, name, label)
+    cert = _certify_row(row, net, None, norm, certifier, guarantee, keep_going)  # radii from the guarantee
+    if cert is None:
         return row
     claims = int(cert.verified_in.sum() + cert.group_verified.sum())
     broken = check_igrp_certificates(net.model, net.x, cert, settings.steps, settings.restarts, seed=seed)
@@ -346,18 +360,10 @@ def soundness_sweep(
                     eps = calibrated * scale
                     claims = []
                     for label, guarantee in guarantees:
-                        row: dict[str, Any] = {
-                            "net": net.name, "norm": _norm_name(norm), "eps": eps, "certifier": name, "guarantee": label,
-                            "points": int(net.x.shape[0]), "certified": 0, "claims": 0, "attacked": 0, "broken": 0,
-                            "broken_points": [],
-                        }
+                        row = _new_row(net, norm, eps, name, label)
                         result.rows.append(row)
-                        try:
-                            cert = certify(net.model, net.x, eps, norm, certifier, guarantee, radius=False)
-                        except Exception as error:
-                            if not keep_going:
-                                raise RuntimeError(f"{name} failed on {net.name}, {label}, norm {_norm_name(norm)}, eps {eps:.4g}: {error}") from error
-                            row["error"] = f"{type(error).__name__}: {error}"
+                        cert = _certify_row(row, net, eps, norm, certifier, guarantee, keep_going)
+                        if cert is None:
                             continue
                         row["seconds"] = cert.seconds
                         idx = cert.certified.nonzero(as_tuple=True)[0]

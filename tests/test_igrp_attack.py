@@ -3,9 +3,6 @@ never breaking a sound certificate, catching a false one, and the command end to
 
 import json
 import math
-import sys
-import types
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,13 +11,12 @@ from torch.utils.data import TensorDataset
 
 import relaxplug as rp
 from relaxplug.adapters import IGRP
-from relaxplug.certifiers import CERTIFIERS, Certifier
-from relaxplug.checkpoint import save_checkpoint
+from relaxplug.certifiers import CERTIFIERS
 from relaxplug.igrp_attack import IGRP_ATTACK_COLUMNS, attack_igrp, igrp_attack_report
-from relaxplug.models import build_model
 from relaxplug.robustness import attack_main, attack_report
 
 from .adapters.test_igrp import GROUPS, certify_igrp_linear
+from .fakes import OverClaiming, blob_checkpoint
 
 
 def _linear(seed):
@@ -73,22 +69,12 @@ def test_empirical_figures_bound_the_certified_ones_and_nothing_breaks():
     assert 0 <= record["autoattack_accuracy_in"] <= 1
 
 
-class _OverClaiming(Certifier):
-    """Claims every margin is huge: every point certified at every radius (a lie)."""
-
-    name = "test-igrp-overclaim"
-    norms = (2.0, float("inf"))
-
-    def bounds(self, model, x, logits, requests, norm):
-        return [torch.full((x.shape[0], r.n_candidates, logits.shape[1]), 1e6, dtype=logits.dtype) for r in requests]
-
-
 def test_a_false_certificate_is_caught_exactly_where_the_definition_rejects_it(monkeypatch):
-    monkeypatch.setitem(CERTIFIERS._entries, _OverClaiming.name, _OverClaiming)
+    monkeypatch.setitem(CERTIFIERS._entries, OverClaiming.name, OverClaiming)
     model = _linear(seed=5)
     x = torch.randn(40, 5, dtype=torch.float64)
     y = model(x).argmax(1)
-    record = igrp_attack_report(model, x, y, IGRP(GROUPS, 0.3, 0.9), 2.0, _OverClaiming.name, steps=40, restarts=1,
+    record = igrp_attack_report(model, x, y, IGRP(GROUPS, 0.3, 0.9), 2.0, OverClaiming.name, steps=40, restarts=1,
                                 autoattack=False)
     m_in, m_out = _exact(model, x, 0.3, 0.9)
     assert record["certified"] == 40 and record["attacked"] == 80
@@ -114,30 +100,10 @@ def test_radii_come_from_the_guarantee():
 
 @pytest.fixture(params=[2.0])
 def igrp_checkpoint(request, tmp_path, monkeypatch):
-    torch.manual_seed(0)
-    model = build_model("mlp", (4,), 6)
-    x = torch.randn(24, 4)
-    with torch.no_grad():
-        y = model(x).argmax(1)
-    path = save_checkpoint(tmp_path / "model.pt", model, {
-        "architecture": "mlp", "input_shape": [4], "n_classes": 6, "dataset": "test-blobs",
+    """An IGRP checkpoint (groups, both radii) trained for the norm ``request.param``."""
+    return blob_checkpoint(tmp_path, monkeypatch, 6, {
         "guarantee": "igrp:0.01,0.03", "sets": GROUPS, "eps": 0.03, "eps_in": 0.01, "norm": request.param,
     })
-    splits = SimpleNamespace(train=TensorDataset(x, y), test=TensorDataset(x, y), n_classes=6, input_shape=(4,),
-                             class_names=None, groupings={})
-
-    def load_dataset(name, root=None, **options):
-        assert name == "test-blobs"
-        return splits
-
-    try:
-        import relaxplug.data as data_module
-    except ImportError:
-        data_module = types.ModuleType("relaxplug.data")
-        monkeypatch.setitem(sys.modules, "relaxplug.data", data_module)
-    monkeypatch.setattr(data_module, "load_dataset", load_dataset, raising=False)
-    monkeypatch.setitem(CERTIFIERS._entries, _OverClaiming.name, _OverClaiming)
-    return path
 
 
 def test_attack_command_on_an_igrp_checkpoint(igrp_checkpoint, tmp_path, capsys):
@@ -150,7 +116,7 @@ def test_attack_command_on_an_igrp_checkpoint(igrp_checkpoint, tmp_path, capsys)
     assert record["eps_in"] == 0.01 and record["eps_out"] == 0.03 and record["broken"] == 0
     assert record["guarantee"] == "igrp:0.01,0.03" and record["points"] == 24 and record["norm"] == "2"
 
-    code = attack_main(igrp_checkpoint, "igrp:0,3;1,4,5;2@0.5,2.0", None, "2", _OverClaiming.name, None, 20, 1,
+    code = attack_main(igrp_checkpoint, "igrp:0,3;1,4,5;2@0.5,2.0", None, "2", OverClaiming.name, None, 20, 1,
                        tmp_path / "bad", "cpu", False)
     out = capsys.readouterr().out
     assert code == 1 and "BROKEN" in out

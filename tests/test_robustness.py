@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-import types
 from dataclasses import replace
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,9 +10,6 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import relaxplug as rp
-from relaxplug.certifiers import CERTIFIERS, Certifier
-from relaxplug.checkpoint import save_checkpoint
-from relaxplug.models import build_model
 from relaxplug.robustness import (
     attack_guarantee,
     attack_main,
@@ -25,6 +19,7 @@ from relaxplug.robustness import (
 )
 
 from .brute_force import acceptable, ranked
+from .fakes import OverClaiming, blob_checkpoint
 
 GUARANTEES = [
     ("standard", "standard", {}),
@@ -172,48 +167,15 @@ def test_attack_report_counts():
 # ----------------------------------------------------------------------------- attack_main
 
 
-class _OverClaiming(Certifier):
-    """Claims every margin is huge: every point certified at every radius (a lie)."""
-
-    name = "test-overclaim"
-    norms = (2.0, float("inf"))
-
-    def bounds(self, model, x, logits, requests, norm):
-        return [torch.full((x.shape[0], r.n_candidates, logits.shape[1]), 1e6, dtype=logits.dtype) for r in requests]
-
-
 @pytest.fixture
 def checkpoint(tmp_path, monkeypatch):
-    torch.manual_seed(0)
-    model = build_model("mlp", (4,), 4)
-    x = torch.randn(24, 4)
-    with torch.no_grad():
-        y = model(x).argmax(1)
-    path = save_checkpoint(tmp_path / "model.pt", model, {
-        "architecture": "mlp", "input_shape": [4], "n_classes": 4, "dataset": "test-blobs",
-        "guarantee": "standard", "eps": 0.02,
-    })
-    splits = SimpleNamespace(train=TensorDataset(x, y), test=TensorDataset(x, y), n_classes=4, input_shape=(4,),
-                             class_names=None, groupings={})
-
-    def load_dataset(name, root=None, **options):
-        assert name == "test-blobs"
-        return splits
-
-    try:
-        import relaxplug.data as data_module
-    except ImportError:
-        data_module = types.ModuleType("relaxplug.data")
-        monkeypatch.setitem(sys.modules, "relaxplug.data", data_module)
-    monkeypatch.setattr(data_module, "load_dataset", load_dataset, raising=False)
-    monkeypatch.setitem(CERTIFIERS._entries, "test-overclaim", _OverClaiming)
-    return path
+    return blob_checkpoint(tmp_path, monkeypatch, 4, {"guarantee": "standard", "eps": 0.02})
 
 
 def test_attack_main_exit_codes(checkpoint, tmp_path, capsys):
     import json
 
-    code = attack_main(checkpoint, "standard", 5.0, "2", "test-overclaim", None, 20, 1, tmp_path / "bad", "cpu", False)
+    code = attack_main(checkpoint, "standard", 5.0, "2", OverClaiming.name, None, 20, 1, tmp_path / "bad", "cpu", False)
     out = capsys.readouterr().out
     assert code == 1
     record = json.loads((tmp_path / "bad" / "attack.json").read_text())
