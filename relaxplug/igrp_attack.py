@@ -31,8 +31,8 @@ from torch.utils.data import TensorDataset
 from .adapters import IGRP, IGRPCertificate, rank_order
 from .certifiers import Certifier, get_certifier
 from .certify import check_inputs
-from .igrp_metrics import attack_group_claims, check_igrp_certificates
-from .robustness import attack_sets, autoattack_accuracy
+from .igrp_metrics import _mean, attack_group_claims, check_igrp_certificates
+from .robustness import _model_logits, attack_sets, autoattack_accuracy
 
 __all__ = ["IGRP_ATTACK_COLUMNS", "IGRPAttackResult", "attack_igrp", "igrp_attack_report"]
 
@@ -74,15 +74,11 @@ class IGRPAttackResult:
         labels = labels.to(self.pred.device).long()
         correct = self.pred == labels
         in_group = self.group_classes.gather(1, labels[:, None])[:, 0]
-
-        def mean(mask: Tensor) -> float:
-            return float(mask.float().mean()) if mask.numel() else float("nan")
-
         return {
-            "clean_accuracy": mean(correct),
-            "empirical_accuracy_in": mean(self.survived_in & correct),
-            "empirical_group_accuracy_out": mean(self.survived_out & in_group),
-            "empirical_robust_accuracy": mean(self.survived_in & self.survived_out & correct),
+            "clean_accuracy": _mean(correct),
+            "empirical_accuracy_in": _mean(self.survived_in & correct),
+            "empirical_group_accuracy_out": _mean(self.survived_out & in_group),
+            "empirical_robust_accuracy": _mean(self.survived_in & self.survived_out & correct),
         }
 
 
@@ -103,13 +99,7 @@ def attack_igrp(
     eps_in, eps_out = guarantee.radii(None)
     check_inputs(x, eps_out)
     start = time.perf_counter()
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            logits = torch.cat([model(x[s : s + batch_size]) for s in range(0, x.shape[0], batch_size)])
-    finally:
-        model.train(was_training)
+    logits = _model_logits(model, x, batch_size)
     n = logits.shape[1]
     group = guarantee.group_of(n, x.device)  # validates the partition against n
     pred = rank_order(logits)[:, 0]  # ties broken by class index, as certificates do

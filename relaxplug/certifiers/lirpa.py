@@ -740,7 +740,8 @@ class AlphaCrownCertifier(LirpaCertifier):
     auto_LiRPA 0.3 needs two things for it on current torch: its sparse-alpha bookkeeping off
     (it fails with a shape mismatch even on dense ReLU nets), and
     :func:`relaxplug._compat.shim_relu_alpha_gradient` (without it no slope ever moves and the
-    result is CROWN's). The optimisation costs about ``iterations`` CROWN passes.
+    result is CROWN's). Each iteration costs about 1.5 CROWN passes (measured: 30x CROWN at 20
+iterations on the digits nets).
     """
 
     name = "alpha-crown"
@@ -770,16 +771,14 @@ class AlphaCrownCertifier(LirpaCertifier):
         if not getattr(bounded, "optimizable_activations", None):
             return super()._bound(bounded, inputs, c, lower, upper, interm, method="CROWN")
         bounded.set_bound_opts({"optimize_bound_args": {"iteration": self.iterations, "lr_alpha": self.lr}})
-        sides = []
-        for side in ("lower", "upper"):
-            if not (lower if side == "lower" else upper):
-                sides.append(None)
-                continue
-            # auto_LiRPA 0.3 prints a line whenever its early stopping triggers
-            with contextlib.redirect_stdout(io.StringIO()) as printed, torch.enable_grad():
-                lb, ub = bounded.compute_bounds(x=inputs, C=c, method=self.method, bound_lower=side == "lower",
-                                                bound_upper=side == "upper")
-            if printed.getvalue():
-                logger.debug("auto_LiRPA: %s", printed.getvalue().strip())
-            sides.append(lb if side == "lower" else ub)
-        return sides[0], sides[1]
+        return (self._optimised(bounded, inputs, c, lower=True) if lower else None,
+                self._optimised(bounded, inputs, c, lower=False) if upper else None)
+
+    def _optimised(self, bounded, inputs, c: Tensor, lower: bool) -> Tensor:
+        """The optimised lower (or upper) bound of ``c @ f``."""
+        # auto_LiRPA 0.3 prints a line whenever its early stopping triggers
+        with contextlib.redirect_stdout(io.StringIO()) as printed, torch.enable_grad():
+            lb, ub = bounded.compute_bounds(x=inputs, C=c, method=self.method, bound_lower=lower, bound_upper=not lower)
+        if printed.getvalue():
+            logger.debug("auto_LiRPA: %s", printed.getvalue().strip())
+        return lb if lower else ub
