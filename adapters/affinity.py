@@ -7,7 +7,7 @@ from typing import Iterable, Sequence
 import torch
 from torch import Tensor
 
-from .base import Guarantee
+from relaxplug.adapters.base import Guarantee
 
 __all__ = ["Affinity", "Superclass"]
 

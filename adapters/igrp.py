@@ -31,9 +31,9 @@ from typing import Iterable, Sequence
 import torch
 from torch import Tensor
 
-from relaxplug.certificate import Certificate
+from relaxplug.adapters.certificate import Certificate
 
-from .base import Guarantee, GuaranteeResult, MarginRequest, rank_order, topk_class_mask, topk_margins
+from relaxplug.adapters.base import Guarantee, GuaranteeResult, MarginRequest, rank_order, topk_class_mask, topk_margins
 
 __all__ = ["IGRP", "IGRPCertificate", "IGRPResult", "check_partition"]
 

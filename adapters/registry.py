@@ -18,11 +18,11 @@ import yaml
 
 from relaxplug.registry import Registry
 
-from .affinity import Affinity, Superclass
-from .base import Guarantee
-from .igrp import IGRP
-from .rtk import RTK
-from .standard import Standard
+from relaxplug.adapters.affinity import Affinity, Superclass
+from relaxplug.adapters.base import Guarantee
+from relaxplug.adapters.igrp import IGRP
+from relaxplug.adapters.rtk import RTK
+from relaxplug.adapters.standard import Standard
 
 __all__ = ["GUARANTEES", "register_guarantee", "resolve_guarantee", "list_guarantees", "load_sets"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Guarantee
+from relaxplug.adapters.base import Guarantee
 
 __all__ = ["RTK"]
 

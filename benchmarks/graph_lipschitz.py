@@ -3,7 +3,7 @@
 For model-zoo style networks (PreAct-ResNet with the input normalization inside the model,
 a torchvision-style ResNet, a CROWN-IBP CNN with BatchNorm, a RobustBench-style WideResNet,
 torchvision's ResNet-18), compare
-the sound bound of :mod:`relaxplug.graph_lipschitz` on the logits with the largest Lipschitz
+the sound bound of :mod:`relaxplug.lipschitz.graph` on the logits with the largest Lipschitz
 ratio observed: the spectral norm of the Jacobian at random inputs, and difference quotients
 ``||f(x + d) - f(x)|| / ||d||`` pushed up by gradient ascent. Both are lower bounds of the true
 constant, so ``bound / observed`` over-states the looseness, never under-states it. The bound is
@@ -27,8 +27,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from relaxplug.graph_lipschitz import GraphLipschitzEstimator  # noqa: E402
-from relaxplug.report import format_table, write_json  # noqa: E402
+from relaxplug.lipschitz.graph import GraphLipschitzEstimator  # noqa: E402
+from relaxplug.evaluation.report import format_table, write_json  # noqa: E402
 from tests.test_graph_lipschitz import PreActResNet, SmallResNet, WideResNet, _crown_ibp_cnn, _randomize_bn  # noqa: E402
 
 COLUMNS = ("model", "input", "bound", "bound_nofold", "jacobian", "ascent", "ratio", "ratio_nofold", "bound_s")

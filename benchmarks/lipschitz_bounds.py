@@ -3,7 +3,7 @@
 For every weighted body layer of the seeds' CIFAR (``cifar_cnn``, 3x32x32, 100 classes) and
 Tiny-ImageNet (``tiny_imagenet_cnn``, 3x64x64, 200 classes) architectures (random init, or a
 checkpoint with ``--checkpoint``): the sound bound certification uses
-(``relaxplug.lipschitz``: exact SVD for dense layers, FFT bound for convolutions, space-to-depth
+(``relaxplug.lipschitz.stack``: exact SVD for dense layers, FFT bound for convolutions, space-to-depth
 for strided ones), the time to compute it, and its ratio to the best lower estimate of the true
 norm, ``max(power iteration, Lanczos)``:
 
@@ -32,10 +32,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from relaxplug import spectral
-from relaxplug.lipschitz import LipschitzEstimator, _conv_args, _sound_layer_bound
-from relaxplug.models import build_model
-from relaxplug.report import format_table, write_json
+from relaxplug.lipschitz import spectral
+from relaxplug.lipschitz.stack import LipschitzEstimator, _conv_args, _sound_layer_bound
+from relaxplug.models.architectures import build_model
+from relaxplug.evaluation.report import format_table, write_json
 
 ARCHITECTURES = {"cifar_cnn": ((3, 32, 32), 100), "tiny_imagenet_cnn": ((3, 64, 64), 200)}
 TARGET = 1.01
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.manual_seed(args.seed)
         models.append((f"{arch} (random)", build_model(arch, shape, n_classes).eval(), shape))
     if args.checkpoint:
-        from relaxplug.checkpoint import load_checkpoint
+        from relaxplug.models.checkpoint import load_checkpoint
 
         loaded = load_checkpoint(args.checkpoint)
         shape = tuple(loaded.metadata["input_shape"])

@@ -18,8 +18,8 @@ import sys
 import torch
 
 from relaxplug.certifiers import list_certifiers
-from relaxplug.report import format_table, write_json
-from relaxplug.soundness import SWEEP_COLUMNS, soundness_sweep
+from relaxplug.evaluation.report import format_table, write_json
+from relaxplug.attacks.soundness import SWEEP_COLUMNS, soundness_sweep
 
 
 def _load_optional_certifiers() -> None:

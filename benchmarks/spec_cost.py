@@ -30,8 +30,8 @@ import relaxplug as rp
 from relaxplug.adapters import RTK, Standard
 from relaxplug.certifiers import lirpa
 from relaxplug.certifiers.base import CERTIFIERS
-from relaxplug.models import build_model
-from relaxplug.report import format_table
+from relaxplug.models.architectures import build_model
+from relaxplug.evaluation.report import format_table
 
 
 def timed(fn, repeats: int, device: torch.device) -> tuple[float, object]:

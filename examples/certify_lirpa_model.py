@@ -82,10 +82,10 @@ def train_ibp(arch: str, splits, eps: float, epochs: int, path: Path, seed: int 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = _parser().parse_args(argv)
     import relaxplug as rp
-    from relaxplug.metrics import summarize
-    from relaxplug.report import format_table
-    from relaxplug.robustness import check_certificates
-    from relaxplug.zoo.evaluation import load_data
+    from relaxplug.evaluation.metrics import summarize
+    from relaxplug.evaluation.report import format_table
+    from relaxplug.attacks.robustness import check_certificates
+    from relaxplug.evaluation.sources import load_data
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -68,9 +68,9 @@ def write_random_checkpoint(name: str, dataset: str, threat_model: str, model_di
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = _parser().parse_args(argv)
     import relaxplug as rp
-    from relaxplug.metrics import summarize
-    from relaxplug.report import format_table
-    from relaxplug.zoo.evaluation import load_data
+    from relaxplug.evaluation.metrics import summarize
+    from relaxplug.evaluation.report import format_table
+    from relaxplug.evaluation.sources import load_data
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 
 Trains a small GloRo net for RT2 on the embedded 8x8 digits (``configs/digits_rtk2.yaml``, fewer
 epochs), or loads ``--checkpoint``, then certifies the same test points with every certifier
-under one guarantee and radius (L2) with :func:`relaxplug.compare.compare_certifiers`: VRA,
+under one guarantee and radius (L2) with :func:`relaxplug.evaluation.compare.compare_certifiers`: VRA,
 rejection rate, time and peak memory per instance, and which certifier certifies points another
 does not. Writes ``compare.json`` and ``compare.png``.
 
@@ -43,9 +43,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> Any:
     args = _parser().parse_args(argv)
-    from relaxplug.checkpoint import load_checkpoint
-    from relaxplug.compare import compare_certifiers, format_table, save
-    from relaxplug.config import load_config
+    from relaxplug.models.checkpoint import load_checkpoint
+    from relaxplug.evaluation.compare import compare_certifiers, format_table, save
+    from relaxplug.training.config import load_config
     from relaxplug.data import load_dataset
     from relaxplug.training.trainer import train
 

@@ -103,8 +103,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = _parser().parse_args(argv)
     from relaxplug.adapters import rank_order
     from relaxplug.certifiers import get_certifier
-    from relaxplug.checkpoint import load_checkpoint
-    from relaxplug.config import load_config
+    from relaxplug.models.checkpoint import load_checkpoint
+    from relaxplug.training.config import load_config
     from relaxplug.data import load_dataset
     from relaxplug.training.trainer import train
 

@@ -58,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _configs(args: argparse.Namespace, out: Path, groups_file: Path):
-    from relaxplug.config import apply_overrides, load_config
+    from relaxplug.training.config import apply_overrides, load_config
 
     igrp = load_config(CONFIGS / "digits_igrp.yaml")
     # the groups come from a naturally trained net of the certified runs' architecture
@@ -82,7 +82,7 @@ def _configs(args: argparse.Namespace, out: Path, groups_file: Path):
 def _evaluate(name: str, trained_for: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, guarantee, certifier: str,
               attack_steps: int, class_names: Sequence[str], train_seconds: float) -> dict[str, Any]:
     import relaxplug as rp
-    from relaxplug.igrp_metrics import check_igrp_certificates, igrp_summary
+    from relaxplug.attacks.igrp_metrics import check_igrp_certificates, igrp_summary
 
     model.eval()
     cert = rp.certify(model, x, norm="inf", certifier=certifier, guarantee=guarantee)
@@ -102,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     from relaxplug.adapters import IGRP
     from relaxplug.data import load_dataset
     from relaxplug.groups import format_groups, groups_from_model, plot_similarity, write_groups
-    from relaxplug.report import format_table, write_json
+    from relaxplug.evaluation.report import format_table, write_json
     from relaxplug.training.trainer import train
 
     started = time.perf_counter()

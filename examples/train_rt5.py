@@ -41,11 +41,11 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = _parser().parse_args(argv)
     import relaxplug as rp
-    from relaxplug.checkpoint import load_checkpoint
-    from relaxplug.config import load_config
+    from relaxplug.models.checkpoint import load_checkpoint
+    from relaxplug.training.config import load_config
     from relaxplug.data import load_dataset
-    from relaxplug.metrics import summarize
-    from relaxplug.report import format_table
+    from relaxplug.evaluation.metrics import summarize
+    from relaxplug.evaluation.report import format_table
     from relaxplug.training.trainer import train
 
     out = Path(args.out)

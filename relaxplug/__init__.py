@@ -4,15 +4,15 @@ Certify them with GloRo Lipschitz margins or bound propagation, train for them, 
 certifiers on one model.
 """
 
-from . import adapters as adapters
-from . import layers as layers
-from . import models as models
-from . import zoo as zoo
-from .adapters import list_guarantees as list_guarantees
-from .adapters import resolve_guarantee as resolve_guarantee
-from .certificate import Certificate as Certificate
-from .certifiers import list_certifiers as list_certifiers
-from .certify import certify as certify
+from relaxplug import adapters as adapters
+from relaxplug import models as models
+from relaxplug.models import layers as layers
+from relaxplug import zoo as zoo
+from relaxplug.adapters import list_guarantees as list_guarantees
+from relaxplug.adapters import resolve_guarantee as resolve_guarantee
+from relaxplug.adapters.certificate import Certificate as Certificate
+from relaxplug.certifiers import list_certifiers as list_certifiers
+from relaxplug.certifiers.certify import certify as certify
 
 __version__ = "0.1.0"
 

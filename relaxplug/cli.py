@@ -17,7 +17,7 @@ IGRP_EVAL_COLUMNS = ("guarantee", "certifier", "eps_in", "eps_out", "norm", "poi
 
 
 def _known_certifiers() -> list[str]:
-    from .certifiers import list_certifiers
+    from relaxplug.certifiers import list_certifiers
 
     _load_optional_certifiers()
     return list_certifiers()
@@ -26,7 +26,7 @@ def _known_certifiers() -> list[str]:
 def _load_optional_certifiers() -> None:
     """Register the bound-propagation certifiers (their module imports auto_LiRPA lazily)."""
     try:
-        from .certifiers import lirpa  # noqa: F401
+        from relaxplug.certifiers import lirpa  # noqa: F401
     except ImportError:
         pass
 
@@ -124,10 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _load_for_eval(args: argparse.Namespace):
     """``(loaded checkpoint, guarantee, spec string, eps, dataset, device)`` for ``eval``/``compare``."""
-    from .robustness import checkpoint_norm, load_evaluation
+    from relaxplug.attacks.robustness import checkpoint_norm, load_evaluation
 
     if getattr(args, "robustbench", None) or getattr(args, "lirpa_model", None):
-        from .zoo.evaluation import load_zoo_evaluation, norm_name
+        from relaxplug.evaluation.sources import load_zoo_evaluation, norm_name
 
         loaded = load_zoo_evaluation(
             robustbench=args.robustbench, dataset=args.dataset, threat_model=args.threat_model,
@@ -153,9 +153,9 @@ def _model_file(args: argparse.Namespace, loaded) -> Path:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluate import certify_dataset
-    from .metrics import summarize
-    from .report import format_table, write_json
+    from relaxplug.evaluation.dataset import certify_dataset
+    from relaxplug.evaluation.metrics import summarize
+    from relaxplug.evaluation.report import format_table, write_json
 
     _load_optional_certifiers()
     loaded, guarantee, spec, eps, dataset, device = _load_for_eval(args)
@@ -184,7 +184,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_compare(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader, Subset
 
-    from .compare import compare_certifiers, format_table, save
+    from relaxplug.evaluation.compare import compare_certifiers, format_table, save
 
     _load_optional_certifiers()
     loaded, guarantee, spec, eps, dataset, device = _load_for_eval(args)
@@ -203,7 +203,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_attack(args: argparse.Namespace) -> int:
-    from .robustness import attack_main
+    from relaxplug.attacks.robustness import attack_main
 
     _load_optional_certifiers()
     return attack_main(
@@ -215,8 +215,8 @@ def _cmd_attack(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .training.trainer import train
+    from relaxplug.training.config import load_config
+    from relaxplug.training.trainer import train
 
     config = load_config(args.config, args.overrides)
     result = train(config, resume=not args.no_resume, progress=not args.quiet)
@@ -227,14 +227,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from relaxplug.demo import run_demo
 
     run_demo(args.out, epochs=args.epochs, synthetic_epochs=args.synthetic_epochs, progress=not args.quiet)
     return 0
 
 
 def _cmd_groups(args: argparse.Namespace) -> int:
-    from .groups import format_groups, groups_from_checkpoint
+    from relaxplug.groups import format_groups, groups_from_checkpoint
 
     grouping, yaml_path, png_path, names = groups_from_checkpoint(
         args.checkpoint, args.n_groups, args.linkage, args.metric, args.out
@@ -247,16 +247,16 @@ def _cmd_groups(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from .adapters import list_guarantees
-    from .data import list_datasets
-    from .models import list_architectures
+    from relaxplug.adapters import list_guarantees
+    from relaxplug.data import list_datasets
+    from relaxplug.models.architectures import list_architectures
 
     print("guarantees:    ", ", ".join(list_guarantees()))
     print("certifiers:    ", ", ".join(_known_certifiers()))
     print("architectures: ", ", ".join(list_architectures()))
     print("data sets:     ", ", ".join(list_datasets()))
-    from .data import GROUPINGS
-    from .zoo import list_lirpa_architectures
+    from relaxplug.data import GROUPINGS
+    from relaxplug.zoo import list_lirpa_architectures
 
     print("groupings:     ", ", ".join(f"affinity:{name}" for name in GROUPINGS))
     print("--lirpa-model: ", ", ".join(list_lirpa_architectures()))

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .registry import Registry
+from relaxplug.registry import Registry
 
 __all__ = [
     "CIFAR10_ANIMALS",

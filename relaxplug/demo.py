@@ -16,11 +16,11 @@ from typing import Any, Sequence
 
 import torch
 
-from .config import TrainConfig
-from .evaluate import certify_dataset
-from .metrics import summarize
-from .report import format_table, write_json
-from .training.trainer import train
+from relaxplug.training.config import TrainConfig
+from relaxplug.evaluation.dataset import certify_dataset
+from relaxplug.evaluation.metrics import summarize
+from relaxplug.evaluation.report import format_table, write_json
+from relaxplug.training.trainer import train
 
 __all__ = ["run_demo", "demo_configs", "DEMO_EPS_GRID"]
 
@@ -90,7 +90,7 @@ def _plot_regions(models: Sequence[tuple[str, torch.nn.Module, float]], data, pa
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from .certify import certify
+    from relaxplug.certifiers.certify import certify
 
     xs = torch.stack([data.test[i][0] for i in range(len(data.test))])
     ys = torch.tensor([int(data.test[i][1]) for i in range(len(data.test))])
@@ -122,7 +122,7 @@ def _plot_regions(models: Sequence[tuple[str, torch.nn.Module, float]], data, pa
 
 def run_demo(out: str | Path = "out/demo", epochs: int = 120, synthetic_epochs: int = 150, progress: bool = True, eps_grid: Sequence[float] = DEMO_EPS_GRID) -> list[dict[str, Any]]:
     """Train, certify and plot (see module docstring); returns the records of ``results.json``."""
-    from .data import load_dataset
+    from relaxplug.data import load_dataset
 
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -267,7 +267,7 @@ def groups_from_checkpoint(
 
     Returns ``(grouping, yaml path, png path, class names)``.
     """
-    from .checkpoint import load_checkpoint
+    from relaxplug.models.checkpoint import load_checkpoint
 
     _check_options(linkage, metric)
     loaded = load_checkpoint(checkpoint, "cpu")

@@ -13,8 +13,8 @@ import torch
 from torch.utils.data import TensorDataset
 
 from relaxplug.certifiers import CERTIFIERS, Certifier
-from relaxplug.checkpoint import save_checkpoint
-from relaxplug.models import build_model
+from relaxplug.models.checkpoint import save_checkpoint
+from relaxplug.models.architectures import build_model
 
 BLOBS = "test-blobs"
 

@@ -6,7 +6,7 @@ import pytest
 
 from relaxplug.certifiers import list_certifiers
 from relaxplug.cli import EVAL_COLUMNS, IGRP_EVAL_COLUMNS, main
-from relaxplug.config import TrainConfig
+from relaxplug.training.config import TrainConfig
 from relaxplug.training.trainer import train
 
 try:

@@ -47,7 +47,7 @@ def test_import_relaxplug_applies_no_shim():
     code = (
         "import sys, torch\n"
         "before = hasattr(torch._C.Node, '__getitem__'), 'numpy.lib.arraysetops' in sys.modules\n"
-        "import relaxplug, relaxplug.certify, relaxplug.compare, relaxplug._compat\n"
+        "import relaxplug, relaxplug.certifiers.certify, relaxplug.evaluation.compare, relaxplug._compat\n"
         "assert 'auto_LiRPA' not in sys.modules\n"
         "assert (hasattr(torch._C.Node, '__getitem__'), 'numpy.lib.arraysetops' in sys.modules) == before\n"
     )

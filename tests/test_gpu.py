@@ -9,10 +9,10 @@ from torch import nn
 
 import relaxplug as rp
 from relaxplug.certifiers import get_certifier, list_certifiers
-from relaxplug.checkpoint import load_checkpoint
-from relaxplug.compare import compare_certifiers
-from relaxplug.config import TrainConfig
-from relaxplug.models import build_model
+from relaxplug.models.checkpoint import load_checkpoint
+from relaxplug.evaluation.compare import compare_certifiers
+from relaxplug.training.config import TrainConfig
+from relaxplug.models.architectures import build_model
 from relaxplug.training.trainer import train
 
 try:

@@ -8,7 +8,7 @@ import torch
 
 from relaxplug.adapters import IGRP, resolve_guarantee
 from relaxplug.cli import main
-from relaxplug.config import TrainConfig
+from relaxplug.training.config import TrainConfig
 from relaxplug.groups import (
     LINKAGES,
     class_distances,

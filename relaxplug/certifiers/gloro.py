@@ -8,9 +8,9 @@ import torch
 from torch import Tensor, nn
 
 from relaxplug.adapters import Guarantee, MarginRequest
-from relaxplug.lipschitz import LIPSCHITZ_MODES, estimator_for
+from relaxplug.lipschitz.stack import LIPSCHITZ_MODES, estimator_for
 
-from .base import Certifier, register_certifier, rounding_allowance
+from relaxplug.certifiers.base import Certifier, register_certifier, rounding_allowance
 
 __all__ = ["GloRoCertifier", "gloro_lower_bounds", "rank_pairs"]
 
@@ -38,9 +38,9 @@ class GloRoCertifier(Certifier):
     """Lipschitz-margin certifier, L2 only.
 
     Layer stacks (``nn.Sequential`` of Linear, Conv2d, MinMax, ReLU, InvertibleDownsample,
-    Residual, Normalize, ...) use the layer-wise bounds of :mod:`relaxplug.lipschitz`; any other
+    Residual, Normalize, ...) use the layer-wise bounds of :mod:`relaxplug.lipschitz.stack`; any other
     model (BatchNorm in eval mode, residual blocks written in ``forward``, pooling, other
-    activations) is traced with torch.fx and bounded by :mod:`relaxplug.graph_lipschitz`: sound,
+    activations) is traced with torch.fx and bounded by :mod:`relaxplug.lipschitz.graph`: sound,
     but looser (a product of per-layer norms along every path).
 
     Args:

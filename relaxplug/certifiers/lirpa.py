@@ -14,7 +14,7 @@ bounds of the ``n - 1`` others: ``K + n - 1`` one-sided rows) and combines ``low
 looser, but much cheaper when ``K n`` pair rows outnumber them.
 
 Before bounding, the model is *lowered*: every submodule with a ``lirpa_form(input_shape)``
-(:class:`relaxplug.layers.MinMax`, :class:`relaxplug.layers.InvertibleDownsample`) is replaced by
+(:class:`relaxplug.models.layers.MinMax`, :class:`relaxplug.models.layers.InvertibleDownsample`) is replaced by
 that exact rewrite in a private deep copy, which is checked against the original on an example
 input. The ``BoundedModule`` is cached per (model, input shape, device, dtype, conv mode) and
 rebuilt whenever the model's parameters or buffers differ from the copy it was built from, so
@@ -27,7 +27,7 @@ perturbation, and only linear and convolution layers read the tag. A model whose
 meets any other layer (an activation, a residual ``add``, ``sub``/``div``) would be bounded as if
 the ball were a point: attacks break such certificates, for IBP, CROWN-IBP and CROWN alike. Such
 models are bounded behind a fixed identity linear layer instead (sound; IBP slightly looser);
-see :func:`_l2_input_is_safe`. :class:`relaxplug.layers.Normalize` (no ``lirpa_form``) is
+see :func:`_l2_input_is_safe`. :class:`relaxplug.models.layers.Normalize` (no ``lirpa_form``) is
 lowered to a diagonal affine map, on which auto_LiRPA's CROWN also works.
 
 Importing this module registers the certifiers when auto_LiRPA is installed and raises
@@ -54,9 +54,9 @@ from torch import Tensor, nn
 
 from relaxplug._compat import AUTO_LIRPA_INSTALL_HINT, import_auto_lirpa, onnx_shape_inference
 from relaxplug.adapters import Guarantee, MarginRequest
-from relaxplug.layers import Normalize
+from relaxplug.models.layers import Normalize
 
-from .base import Certifier, register_certifier, rounding_allowance
+from relaxplug.certifiers.base import Certifier, register_certifier, rounding_allowance
 
 if importlib.util.find_spec("auto_LiRPA") is None:  # checked without importing it
     raise ImportError(f"auto_LiRPA is not installed: {AUTO_LIRPA_INSTALL_HINT}", name="auto_LiRPA")
@@ -148,7 +148,7 @@ def _norm_value(norm: float) -> float:
 
 class _AffineForm(nn.Module):
     """``x * scale + shift`` per channel (dim 1) as a fixed diagonal linear map or 1x1 convolution,
-    so auto_LiRPA sees a plain ``linear``/``conv`` (used for :class:`relaxplug.layers.Normalize`,
+    so auto_LiRPA sees a plain ``linear``/``conv`` (used for :class:`relaxplug.models.layers.Normalize`,
     which has no ``lirpa_form``, and, with ``scale = 1``, as the identity prefix of the L2 guard)."""
 
     def __init__(self, input_shape: Sequence[int], scale: Tensor, shift: Tensor | None):

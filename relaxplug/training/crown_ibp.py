@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from relaxplug._compat import import_auto_lirpa
 from relaxplug.adapters import IGRP, Guarantee, Standard
 
-from .schedules import Schedule, parse_schedule
+from relaxplug.training.schedules import Schedule, parse_schedule
 
 __all__ = [
     "CrownIBPLoss",

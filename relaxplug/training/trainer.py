@@ -24,14 +24,14 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from relaxplug.adapters import Guarantee, load_sets, resolve_guarantee
-from relaxplug.checkpoint import load_checkpoint, save_checkpoint
-from relaxplug.config import TrainConfig, config_to_dict
-from relaxplug.lipschitz import LipschitzEstimator, head_distances
-from relaxplug.models import build_model
+from relaxplug.models.checkpoint import load_checkpoint, save_checkpoint
+from relaxplug.training.config import TrainConfig, config_to_dict
+from relaxplug.lipschitz.stack import LipschitzEstimator, head_distances
+from relaxplug.models.architectures import build_model
 from relaxplug.runtime import resolve_device, seed_everything
 
-from .losses import gloro_cross_entropy, gloro_trades, guarantee_margin, instrumented_logits
-from .schedules import parse_schedule
+from relaxplug.training.losses import gloro_cross_entropy, gloro_trades, guarantee_margin, instrumented_logits
+from relaxplug.training.schedules import parse_schedule
 
 __all__ = ["train", "TrainResult", "resolve_training_guarantee", "gloro_step_loss", "guarantee_name"]
 
@@ -141,7 +141,7 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> Tr
     if config.method == "gloro":
         estimator = LipschitzEstimator(model, data.input_shape)
     elif config.method == "crown-ibp":
-        from .crown_ibp import CrownIBPLoss, CrownIBPSchedule
+        from relaxplug.training.crown_ibp import CrownIBPLoss, CrownIBPSchedule
 
         schedule = CrownIBPSchedule.parse(config.warmup_epochs, config.eps_ramp_epochs, config.kappa, config.beta)
         example = train_set[0][0][None].to(device)

@@ -44,7 +44,7 @@ Checkpoint formats (all read with ``torch.load(..., weights_only=True)``):
 Inputs: both projects feed MNIST as ``ToTensor()`` pixels and normalize CIFAR-10 with mean
 ``(0.4914, 0.4822, 0.4465)`` and std ``(0.2023, 0.1994, 0.2010)`` in the data loader (CROWN-IBP's
 ``normalize_input``). ``normalize="cifar10"`` puts that normalization inside the model as a
-:class:`relaxplug.layers.Normalize` layer, so ``eps`` is measured in pixel space (their Linf
+:class:`relaxplug.models.layers.Normalize` layer, so ``eps`` is measured in pixel space (their Linf
 ``eps / std`` per channel is the same ball).
 """
 
@@ -61,10 +61,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from relaxplug.layers import Normalize
+from relaxplug.models.layers import Normalize
 from relaxplug.registry import Registry
 
-from .base import ZooCheckpointError, ZooModel, load_weights
+from relaxplug.zoo.base import ZooCheckpointError, ZooModel, load_weights
 
 __all__ = [
     "LIRPA_ARCHITECTURES",

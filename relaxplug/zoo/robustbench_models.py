@@ -28,7 +28,7 @@ import torch
 
 from relaxplug._compat import import_robustbench
 
-from .base import ZooCheckpointError, ZooModel
+from relaxplug.zoo.base import ZooCheckpointError, ZooModel
 
 __all__ = ["ROBUSTBENCH_EPS", "load_robustbench", "robustbench_paths", "list_robustbench_models"]
 
@@ -120,7 +120,7 @@ def load_robustbench(name: str, dataset: str = "cifar10", threat_model: str = "L
     if utils.timm.is_model(timm_name):
         raise ValueError(f"RobustBench builds {name!r} with timm ({timm_name}), whose weights come from the "
                          "Hugging Face hub, which cannot be reached here; load such a model yourself and "
-                         "pass it to relaxplug.certify")
+                         "pass it to relaxplug.certifiers.certify")
     if entry.get("gdrive_id") is None:
         raise ValueError(f"RobustBench lists no checkpoint for {name!r} ({dataset_.value}, {threat_.value})")
     paths = robustbench_paths(name, dataset_.value, threat_.value, model_dir)

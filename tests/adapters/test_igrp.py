@@ -10,9 +10,9 @@ from torch import nn
 
 import relaxplug as rp
 from relaxplug.adapters import IGRP, Affinity, IGRPCertificate, Standard, rank_order, resolve_guarantee
-from relaxplug.igrp_metrics import attack_group_claims, check_igrp_certificates, group_margin, igrp_summary
-from relaxplug.lipschitz import LipschitzEstimator, head_distances
-from relaxplug.metrics import summarize
+from relaxplug.attacks.igrp_metrics import attack_group_claims, check_igrp_certificates, group_margin, igrp_summary
+from relaxplug.lipschitz.stack import LipschitzEstimator, head_distances
+from relaxplug.evaluation.metrics import summarize
 from relaxplug.training.losses import guarantee_margin
 
 from ..brute_force import _norm, ranked
@@ -181,7 +181,7 @@ def test_certificate_keeps_its_type_and_metrics():
 
 
 def _small_net(seed, d=6, n=6, act=nn.ReLU):
-    from relaxplug.soundness import _train_briefly, cluster_data
+    from relaxplug.attacks.soundness import _train_briefly, cluster_data
 
     generator = torch.Generator().manual_seed(seed)
     x, y, centres = cluster_data((d,), n, 256, generator)

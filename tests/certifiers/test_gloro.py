@@ -5,9 +5,9 @@ import torch
 from torch import nn
 
 import relaxplug as rp
-from relaxplug.attack import pgd_set_attack
-from relaxplug.layers import InvertibleDownsample, MinMax, Residual
-from relaxplug.lipschitz import LipschitzEstimator, UnsupportedLayerError, estimator_for
+from relaxplug.attacks.pgd import pgd_set_attack
+from relaxplug.models.layers import InvertibleDownsample, MinMax, Residual
+from relaxplug.lipschitz.stack import LipschitzEstimator, UnsupportedLayerError, estimator_for
 
 from ..brute_force import certify_linear
 
@@ -124,7 +124,7 @@ def test_sound_bound_is_above_power_iteration():
 
 
 def test_unsupported_layer_is_named():
-    # Tanh and heads other than nn.Linear are bounded by relaxplug.graph_lipschitz since issue 5;
+    # Tanh and heads other than nn.Linear are bounded by relaxplug.lipschitz.graph since issue 5;
     # a layer with no global Lipschitz bound is still named
     model = nn.Sequential(nn.Linear(3, 8), nn.LayerNorm(8), nn.Linear(8, 4))
     with pytest.raises(UnsupportedLayerError, match="LayerNorm"):

@@ -9,8 +9,8 @@ from torch import nn
 
 import relaxplug as rp
 from relaxplug.adapters import RTK, Affinity, Standard
-from relaxplug.attack import pgd_set_attack
-from relaxplug.layers import InvertibleDownsample, MinMax, Normalize, Residual
+from relaxplug.attacks.pgd import pgd_set_attack
+from relaxplug.models.layers import InvertibleDownsample, MinMax, Normalize, Residual
 
 lirpa = pytest.importorskip("relaxplug.certifiers.lirpa", reason="auto_LiRPA is not installed", exc_type=ImportError)
 from relaxplug.certifiers.base import CERTIFIERS  # noqa: E402

@@ -11,12 +11,12 @@ from torch import nn
 
 import relaxplug as rp
 from relaxplug.adapters import IGRP, Standard
-from relaxplug.attack import pgd_set_attack
-from relaxplug.checkpoint import load_checkpoint
-from relaxplug.config import TrainConfig, load_config
-from relaxplug.layers import MinMax
-from relaxplug.models import build_model
-from relaxplug.robustness import load_evaluation
+from relaxplug.attacks.pgd import pgd_set_attack
+from relaxplug.models.checkpoint import load_checkpoint
+from relaxplug.training.config import TrainConfig, load_config
+from relaxplug.models.layers import MinMax
+from relaxplug.models.architectures import build_model
+from relaxplug.attacks.robustness import load_evaluation
 from relaxplug.training.losses import guarantee_margin
 
 pytest.importorskip("relaxplug.certifiers.lirpa", reason="auto_LiRPA is not installed", exc_type=ImportError)
@@ -230,7 +230,7 @@ def test_gloro_igrp_variant_trains_on_both_radii(tmp_path):
     """GloRo training for IGRP uses the two-radius margin; the ramp scales both radii."""
     torch.manual_seed(0)
     model = build_model("mlp", (1, 8, 8), 10)
-    from relaxplug.lipschitz import LipschitzEstimator, head_distances
+    from relaxplug.lipschitz.stack import LipschitzEstimator, head_distances
 
     est = LipschitzEstimator(model, (1, 8, 8))
     g = IGRP(GROUPS, 0.1, 0.4)

@@ -33,11 +33,11 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .adapters import Guarantee, resolve_guarantee
-from .certificate import Certificate
-from .certifiers import Certifier, get_certifier
-from .certify import _parse_norm, certify
-from .report import write_json
+from relaxplug.adapters import Guarantee, resolve_guarantee
+from relaxplug.adapters.certificate import Certificate
+from relaxplug.certifiers import Certifier, get_certifier
+from relaxplug.certifiers.certify import _parse_norm, certify
+from relaxplug.evaluation.report import write_json
 
 __all__ = ["CertifierRecord", "ComparisonResult", "compare_certifiers", "format_table", "save"]
 
@@ -149,7 +149,7 @@ class _PeakMemory:
 
 def _load_optional_certifiers() -> None:
     try:
-        from .certifiers import lirpa  # noqa: F401  (registers ibp, crown-ibp, crown)
+        from relaxplug.certifiers import lirpa  # noqa: F401  (registers ibp, crown-ibp, crown)
     except ImportError:
         pass
 

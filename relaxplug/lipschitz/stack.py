@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from . import spectral
-from .layers import InvertibleDownsample, MinMax, Normalize, Residual
+from relaxplug.lipschitz import spectral
+from relaxplug.models.layers import InvertibleDownsample, MinMax, Normalize, Residual
 
 if TYPE_CHECKING:
-    from .graph_lipschitz import GraphLipschitzEstimator
+    from relaxplug.lipschitz.graph import GraphLipschitzEstimator
 
 __all__ = [
     "LipschitzEstimator",
@@ -278,7 +278,7 @@ def estimator_for(model: nn.Module, input_shape: Sequence[int]) -> "LipschitzEst
 
     A layer stack this module supports gets a :class:`LipschitzEstimator` (the fast path GloRo
     training uses); any other model gets a
-    :class:`~relaxplug.graph_lipschitz.GraphLipschitzEstimator`, which bounds the torch.fx graph
+    :class:`~relaxplug.lipschitz.graph.GraphLipschitzEstimator`, which bounds the torch.fx graph
     of the model (BatchNorm, residual blocks, pooling...; sound, looser) or raises
     :class:`UnsupportedLayerError` naming the op it cannot bound. Both offer ``sound()``,
     ``converged()``, ``pair_lipschitz(mode)`` and ``dtype``.
@@ -289,7 +289,7 @@ def estimator_for(model: nn.Module, input_shape: Sequence[int]) -> "LipschitzEst
         try:
             per_shape[key] = LipschitzEstimator(model, key)
         except UnsupportedLayerError:
-            from .graph_lipschitz import GraphLipschitzEstimator
+            from relaxplug.lipschitz.graph import GraphLipschitzEstimator
 
             per_shape[key] = GraphLipschitzEstimator(model, key)
     return per_shape[key]

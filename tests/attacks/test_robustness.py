@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import relaxplug as rp
-from relaxplug.robustness import (
+from relaxplug.attacks.robustness import (
     attack_guarantee,
     attack_main,
     attack_report,
@@ -18,8 +18,8 @@ from relaxplug.robustness import (
     check_certificates,
 )
 
-from .brute_force import acceptable, ranked
-from .fakes import OverClaiming, blob_checkpoint
+from ..brute_force import acceptable, ranked
+from ..fakes import OverClaiming, blob_checkpoint
 
 GUARANTEES = [
     ("standard", "standard", {}),
@@ -192,7 +192,7 @@ def test_attack_main_exit_codes(checkpoint, tmp_path, capsys):
 
 @pytest.mark.parametrize("norm", [2.0, float("inf")])
 def test_counterexamples_are_moved_exactly_into_the_closed_ball(norm):
-    from relaxplug.robustness import _into_ball
+    from relaxplug.attacks.robustness import _into_ball
 
     x = torch.rand(64, 3, 5, 5) * 100
     direction = torch.randn_like(x)

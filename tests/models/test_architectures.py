@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from relaxplug.lipschitz import split_head
-from relaxplug.models import build_model, list_architectures
+from relaxplug.lipschitz.stack import split_head
+from relaxplug.models.architectures import build_model, list_architectures
 
 
 @pytest.mark.parametrize(

@@ -12,11 +12,11 @@ from torch.utils.data import TensorDataset
 import relaxplug as rp
 from relaxplug.adapters import IGRP
 from relaxplug.certifiers import CERTIFIERS
-from relaxplug.igrp_attack import IGRP_ATTACK_COLUMNS, attack_igrp, igrp_attack_report
-from relaxplug.robustness import attack_main, attack_report
+from relaxplug.attacks.igrp import IGRP_ATTACK_COLUMNS, attack_igrp, igrp_attack_report
+from relaxplug.attacks.robustness import attack_main, attack_report
 
-from .adapters.test_igrp import GROUPS, certify_igrp_linear
-from .fakes import OverClaiming, blob_checkpoint
+from ..adapters.test_igrp import GROUPS, certify_igrp_linear
+from ..fakes import OverClaiming, blob_checkpoint
 
 
 def _linear(seed):
@@ -44,7 +44,7 @@ def test_both_claims_break_exactly_where_a_linear_model_violates_them():
 
 
 def test_empirical_figures_bound_the_certified_ones_and_nothing_breaks():
-    from relaxplug.soundness import _train_briefly, cluster_data
+    from relaxplug.attacks.soundness import _train_briefly, cluster_data
 
     generator = torch.Generator().manual_seed(1)
     x, y, centres = cluster_data((6,), 6, 256, generator)

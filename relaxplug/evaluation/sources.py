@@ -7,11 +7,11 @@ import os
 from typing import Any
 
 from relaxplug.adapters import Guarantee, resolve_guarantee
-from relaxplug.certify import resolve_eps
+from relaxplug.certifiers.certify import resolve_eps
 
-from .base import ZooModel
-from .lirpa_models import load_lirpa_model
-from .robustbench_models import load_robustbench
+from relaxplug.zoo.base import ZooModel
+from relaxplug.zoo.lirpa_models import load_lirpa_model
+from relaxplug.zoo.robustbench_models import load_robustbench
 
 __all__ = ["load_data", "load_zoo_evaluation", "norm_name"]
 
@@ -61,7 +61,7 @@ def load_zoo_evaluation(
 
     Returns:
         ``(zoo model, guarantee, guarantee string, eps, dataset split, device)``, like
-        :func:`relaxplug.robustness.load_evaluation`.
+        :func:`relaxplug.attacks.robustness.load_evaluation`.
     """
     from relaxplug.data import GROUPINGS
     from relaxplug.runtime import resolve_device

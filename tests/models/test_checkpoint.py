@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from relaxplug.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from relaxplug.models import build_model
+from relaxplug.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from relaxplug.models.architectures import build_model
 
 
 def _meta(arch="digits_cnn", shape=(1, 8, 8), n=10):

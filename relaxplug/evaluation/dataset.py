@@ -9,11 +9,11 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from .adapters import Guarantee
-from .certificate import Certificate
-from .certifiers import Certifier, get_certifier
-from .certify import certify
-from .metrics import summarize
+from relaxplug.adapters import Guarantee
+from relaxplug.adapters.certificate import Certificate
+from relaxplug.certifiers import Certifier, get_certifier
+from relaxplug.certifiers.certify import certify
+from relaxplug.evaluation.metrics import summarize
 
 __all__ = ["certify_dataset", "evaluate"]
 
@@ -51,6 +51,6 @@ def certify_dataset(
 
 
 def evaluate(model: nn.Module, dataset: Dataset, eps: float, **kwargs: Any) -> dict[str, Any]:
-    """Certify ``dataset`` and return :func:`relaxplug.metrics.summarize`'s record."""
+    """Certify ``dataset`` and return :func:`relaxplug.evaluation.metrics.summarize`'s record."""
     cert, logits, labels = certify_dataset(model, dataset, eps, **kwargs)
     return summarize(cert, logits, labels)

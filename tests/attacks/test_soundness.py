@@ -6,7 +6,7 @@ import pytest
 
 from relaxplug.certifiers import CERTIFIERS, list_certifiers
 from relaxplug.certifiers.gloro import GloRoCertifier
-from relaxplug.soundness import SweepSettings, soundness_sweep, sweep_guarantees, sweep_igrp
+from relaxplug.attacks.soundness import SweepSettings, soundness_sweep, sweep_guarantees, sweep_igrp
 
 try:  # bound propagation joins the sweep when auto_LiRPA and its certifiers are there
     from relaxplug.certifiers import lirpa  # noqa: F401

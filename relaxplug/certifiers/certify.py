@@ -9,9 +9,9 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from .adapters import Guarantee, resolve_guarantee
-from .certificate import Certificate
-from .certifiers import Certifier, get_certifier
+from relaxplug.adapters import Guarantee, resolve_guarantee
+from relaxplug.adapters.certificate import Certificate
+from relaxplug.certifiers import Certifier, get_certifier
 
 __all__ = ["certify", "check_inputs", "resolve_eps"]
 

@@ -1,4 +1,4 @@
-"""Tests of relaxplug.spectral: sound spectral-norm bounds and power-iteration estimates.
+"""Tests of relaxplug.lipschitz.spectral: sound spectral-norm bounds and power-iteration estimates.
 
 Sound bounds are compared with lower estimates (power iteration: ``||A u|| <= ||A||`` for unit
 ``u``) or with the exact norm of the dense matrix of the layer, by exact inequalities. Equality
@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from relaxplug import spectral as S
-from relaxplug.spectral import FLOAT_ALLOWANCE
+from relaxplug.lipschitz import spectral as S
+from relaxplug.lipschitz.spectral import FLOAT_ALLOWANCE
 
 EPS64 = 1e-12  # relative slack for float64 rounding in "equal" / "<=" comparisons
 INFLATE = 1.0 + FLOAT_ALLOWANCE

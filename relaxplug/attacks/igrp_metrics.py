@@ -19,10 +19,10 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from .adapters import IGRPCertificate
-from .attack import pgd_set_attack
-from .certify import check_inputs
-from .robustness import _into_ball, attack_sets
+from relaxplug.adapters import IGRPCertificate
+from relaxplug.attacks.pgd import pgd_set_attack
+from relaxplug.certifiers.certify import check_inputs
+from relaxplug.attacks.robustness import _into_ball, attack_sets
 
 __all__ = [
     "IGRP_COLUMNS",

@@ -2,7 +2,7 @@
 
 Every architecture is an ``nn.Sequential`` ending in the ``nn.Linear`` logit layer, so GloRo
 can split it into body and head, and every layer has an exact auto_LiRPA-friendly form
-(:func:`relaxplug.layers.MinMax.lirpa_form`).
+(:func:`relaxplug.models.layers.MinMax.lirpa_form`).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from .layers import InvertibleDownsample, MinMax
-from .registry import Registry
+from relaxplug.models.layers import InvertibleDownsample, MinMax
+from relaxplug.registry import Registry
 
 __all__ = ["ARCHITECTURES", "build_model", "list_architectures", "register_architecture"]
 

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from .training.schedules import parse_schedule
+from relaxplug.training.schedules import parse_schedule
 
 __all__ = ["TrainConfig", "load_config", "apply_overrides", "config_to_dict"]
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from relaxplug.layers import InvertibleDownsample, MinMax, Normalize
+from relaxplug.models.layers import InvertibleDownsample, MinMax, Normalize
 
 
 @pytest.mark.parametrize("shape", [(6,), (4, 5, 5)])

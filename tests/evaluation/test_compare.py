@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from relaxplug.compare import ComparisonResult, compare_certifiers, format_table, save
-from relaxplug.layers import MinMax
+from relaxplug.evaluation.compare import ComparisonResult, compare_certifiers, format_table, save
+from relaxplug.models.layers import MinMax
 
 pytest.importorskip("relaxplug.certifiers.lirpa", reason="auto_LiRPA is not installed", exc_type=ImportError)
 from relaxplug.certifiers.base import CERTIFIERS  # noqa: E402

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .models import build_model
+from relaxplug.models.architectures import build_model
 
 __all__ = ["save_checkpoint", "load_checkpoint", "LoadedCheckpoint", "CheckpointError", "FORMAT"]
 

@@ -5,12 +5,12 @@ prediction ``p`` stays the top-1 class on the ``eps_in`` ball, and the top-1 cla
 ``G(p)`` on the ``eps_out`` ball. Per point, :func:`attack_igrp` searches
 
 - the ``eps_in`` ball for a point where ``{p}`` is not the top-1 set
-  (:func:`relaxplug.robustness.attack_sets` on the one-hot set of ``p``), and
+  (:func:`relaxplug.attacks.robustness.attack_sets` on the one-hot set of ``p``), and
 - the ``eps_out`` ball for a point where some class outside ``G(p)`` beats ``p``
-  (:func:`relaxplug.igrp_metrics.attack_group_claims`).
+  (:func:`relaxplug.attacks.igrp_metrics.attack_group_claims`).
 
 A claim survives when no such point is found. The empirical figures mirror
-:func:`relaxplug.igrp_metrics.igrp_summary`'s certified ones, and each is an upper bound of its
+:func:`relaxplug.attacks.igrp_metrics.igrp_summary`'s certified ones, and each is an upper bound of its
 certified counterpart for a sound certifier:
 
 - empirical accuracy at ``eps_in``: the inner claim survived and ``p = y``;
@@ -28,11 +28,11 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
-from .adapters import IGRP, IGRPCertificate, rank_order
-from .certifiers import Certifier, get_certifier
-from .certify import check_inputs
-from .igrp_metrics import _mean, attack_group_claims, check_igrp_certificates
-from .robustness import _model_logits, attack_sets, autoattack_accuracy
+from relaxplug.adapters import IGRP, IGRPCertificate, rank_order
+from relaxplug.certifiers import Certifier, get_certifier
+from relaxplug.certifiers.certify import check_inputs
+from relaxplug.attacks.igrp_metrics import _mean, attack_group_claims, check_igrp_certificates
+from relaxplug.attacks.robustness import _model_logits, attack_sets, autoattack_accuracy
 
 __all__ = ["IGRP_ATTACK_COLUMNS", "IGRPAttackResult", "attack_igrp", "igrp_attack_report"]
 
@@ -135,7 +135,7 @@ def igrp_attack_report(
     With a certifier, a point is *broken* when a claim its certificate makes (``verified_in``
     at ``eps_in``, ``group_verified`` at ``eps_out``) is contradicted by a point found by the
     guarantee attack, by a second attack on the certified claims
-    (:func:`relaxplug.igrp_metrics.check_igrp_certificates`), or, for a correct inner claim, by
+    (:func:`relaxplug.attacks.igrp_metrics.check_igrp_certificates`), or, for a correct inner claim, by
     AutoAttack at ``eps_in``. Returns a JSON-ready record (:data:`IGRP_ATTACK_COLUMNS` and more).
     """
     start = time.perf_counter()
@@ -164,8 +164,8 @@ def igrp_attack_report(
     broken_in: set[int] = set()
     broken_out: set[int] = set()
     if certifier is not None:
-        from .evaluate import certify_dataset
-        from .igrp_metrics import igrp_summary
+        from relaxplug.evaluation.dataset import certify_dataset
+        from relaxplug.attacks.igrp_metrics import igrp_summary
 
         cert_obj = get_certifier(certifier, **certifier_options)
         cert, _, _ = certify_dataset(model, TensorDataset(x, y), None, norm, cert_obj, guarantee,

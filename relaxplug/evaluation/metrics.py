@@ -7,8 +7,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .adapters import IGRPCertificate
-from .certificate import Certificate
+from relaxplug.adapters import IGRPCertificate
+from relaxplug.adapters.certificate import Certificate
 
 __all__ = ["clean_accuracy", "topk_accuracy", "vra", "rejection_rate", "set_size_histogram", "summarize"]
 
@@ -63,7 +63,7 @@ def summarize(cert: Certificate, logits: Tensor, labels: Tensor, topk: tuple[int
     radius = cert.radius[torch.isfinite(cert.radius)]
     if radius.numel():
         record["median_radius"] = float(radius.median())
-    if isinstance(cert, IGRPCertificate):  # both parts of IGRP (relaxplug.igrp_metrics)
+    if isinstance(cert, IGRPCertificate):  # both parts of IGRP (relaxplug.attacks.igrp_metrics)
         record["eps_in"], record["eps_out"] = cert.eps_in, cert.eps_out
         record["verified_accuracy_in"] = float(cert.verified_in_correct(labels).float().mean()) if len(cert) else float("nan")
         record["group_verified_accuracy_out"] = float(cert.group_verified_correct(labels).float().mean()) if len(cert) else float("nan")

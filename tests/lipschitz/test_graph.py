@@ -1,4 +1,4 @@
-"""Tests of relaxplug.graph_lipschitz: Lipschitz bounds of arbitrary networks via torch.fx.
+"""Tests of relaxplug.lipschitz.graph: Lipschitz bounds of arbitrary networks via torch.fx.
 
 Lower references are exact where the math allows (the Jacobian of a linear map is the map, its
 largest singular value the Lipschitz constant) and otherwise lower bounds of the true constant:
@@ -17,13 +17,13 @@ import torch.nn.functional as F
 from torch import nn
 
 import relaxplug as rp
-from relaxplug import spectral
-from relaxplug.attack import pgd_set_attack
+from relaxplug.lipschitz import spectral
+from relaxplug.attacks.pgd import pgd_set_attack
 from relaxplug.certifiers.gloro import GloRoCertifier
-from relaxplug.graph_lipschitz import ACTIVATION_LIPSCHITZ, GraphLipschitzEstimator
-from relaxplug.layers import InvertibleDownsample, MinMax, Normalize, Residual
-from relaxplug.lipschitz import LipschitzEstimator, UnsupportedLayerError, estimator_for
-from relaxplug.spectral import FLOAT_ALLOWANCE
+from relaxplug.lipschitz.graph import ACTIVATION_LIPSCHITZ, GraphLipschitzEstimator
+from relaxplug.models.layers import InvertibleDownsample, MinMax, Normalize, Residual
+from relaxplug.lipschitz.stack import LipschitzEstimator, UnsupportedLayerError, estimator_for
+from relaxplug.lipschitz.spectral import FLOAT_ALLOWANCE
 
 UP = 1.0 + FLOAT_ALLOWANCE
 EPS64 = 1e-12

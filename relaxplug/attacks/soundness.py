@@ -3,7 +3,7 @@
 Small nets (dense MinMax and ReLU nets, a conv net with invertible downsampling; random
 initialisation and briefly trained on random-cluster data) are certified at a radius where a
 good share of points certify, and every certified point is attacked with its certified set
-(:func:`relaxplug.robustness.attack_sets`). A sound certifier is never broken. Combinations a
+(:func:`relaxplug.attacks.robustness.attack_sets`). A sound certifier is never broken. Combinations a
 certifier does not support (its ``norms``) are skipped and counted.
 
 ``benchmarks/soundness_sweep.py`` runs it from the command line; ``tests/test_soundness.py``
@@ -21,11 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .adapters import IGRP, Affinity, Guarantee, RTK, Standard, Superclass
-from .certifiers import Certifier, get_certifier, list_certifiers
-from .certify import certify
-from .layers import InvertibleDownsample, MinMax
-from .robustness import attack_sets
+from relaxplug.adapters import IGRP, Affinity, Guarantee, RTK, Standard, Superclass
+from relaxplug.certifiers import Certifier, get_certifier, list_certifiers
+from relaxplug.certifiers.certify import certify
+from relaxplug.models.layers import InvertibleDownsample, MinMax
+from relaxplug.attacks.robustness import attack_sets
 
 __all__ = [
     "SweepNet",
@@ -292,9 +292,9 @@ def _certify_row(row: dict[str, Any], net: SweepNet, eps: float | None, norm: fl
 def _igrp_row(net: SweepNet, certifier: Certifier, name: str, norm: float, eps: float, settings: SweepSettings,
               seed: int, keep_going: bool) -> dict[str, Any]:
     """Certify :func:`sweep_igrp` at ``eps`` and attack both claims of every certificate
-    (:func:`relaxplug.igrp_metrics.check_igrp_certificates`): ``claims`` counts the inner and
+    (:func:`relaxplug.attacks.igrp_metrics.check_igrp_certificates`): ``claims`` counts the inner and
     outer claims made, ``broken`` the points with a broken claim."""
-    from .igrp_metrics import check_igrp_certificates
+    from relaxplug.attacks.igrp_metrics import check_igrp_certificates
 
     label, guarantee = sweep_igrp(net.n_classes, eps)
     row = _new_row(net, norm, eps, name, label)

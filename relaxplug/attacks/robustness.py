@@ -3,7 +3,7 @@
 Certificates are proofs about a whole ball; attacks search the same ball for counterexamples.
 
 * :func:`attack_guarantee` attacks, at every point, every set ``F^k(x)`` the guarantee accepts
-  (``guarantee.accept(rank_order(f(x)))``) with :func:`relaxplug.attack.pgd_set_attack`. A point
+  (``guarantee.accept(rank_order(f(x)))``) with :func:`relaxplug.attacks.pgd.pgd_set_attack`. A point
   is *empirically robust* when some acceptable set survived; it counts towards the *empirical
   robust accuracy* when the label also lies in the surviving set of the loosest surviving ``k``.
   A sound certificate's set always survives, and the sets are nested, so the empirical robust
@@ -28,12 +28,12 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from .adapters import IGRP, Guarantee, rank_order, resolve_guarantee
-from .adapters.base import topk_class_mask
-from .attack import pgd_set_attack, set_margin
-from .certificate import Certificate
-from .certifiers import Certifier, get_certifier
-from .certify import _parse_norm, check_inputs, resolve_eps
+from relaxplug.adapters import IGRP, Guarantee, rank_order, resolve_guarantee
+from relaxplug.adapters.base import topk_class_mask
+from relaxplug.attacks.pgd import pgd_set_attack, set_margin
+from relaxplug.adapters.certificate import Certificate
+from relaxplug.certifiers import Certifier, get_certifier
+from relaxplug.certifiers.certify import _parse_norm, check_inputs, resolve_eps
 
 __all__ = [
     "AttackResult",
@@ -537,7 +537,7 @@ def attack_report(
         autoattack: also run AutoAttack for the standard guarantee (``autoattack_fast`` for a
             quick version, :func:`autoattack_accuracy`).
         eps: the radius; for IGRP, which carries its own radii, ``None`` or its ``eps_out``, and
-            the record is :func:`relaxplug.igrp_attack.igrp_attack_report`'s.
+            the record is :func:`relaxplug.attacks.igrp.igrp_attack_report`'s.
     Returns:
         a JSON-ready record: ``points``, ``clean_accuracy``, ``vra`` (with a certifier),
         ``empirical_robust_accuracy`` (>= VRA when the certifier is sound), ``gap`` (their
@@ -554,7 +554,7 @@ def attack_report(
     y = y.to(x.device)
     spec = resolve_guarantee(guarantee, sets=sets)
     if isinstance(spec, IGRP):
-        from .igrp_attack import igrp_attack_report
+        from relaxplug.attacks.igrp import igrp_attack_report
 
         resolve_eps(spec, eps)  # IGRP carries its radii: eps must be None or its eps_out
         return igrp_attack_report(
@@ -579,7 +579,7 @@ def attack_report(
         "broken_points": [],
     }
     if certifier is not None:
-        from .evaluate import certify_dataset
+        from relaxplug.evaluation.dataset import certify_dataset
 
         cert_obj = get_certifier(certifier, **certifier_options)
         cert, _, _ = certify_dataset(model, TensorDataset(x, y), eps, norm_value, cert_obj, spec,
@@ -638,9 +638,9 @@ def load_evaluation(
     set's first built-in grouping. Returns ``(loaded checkpoint, guarantee, spec string, eps,
     dataset, device)``.
     """
-    from .checkpoint import load_checkpoint
-    from .data import load_dataset
-    from .runtime import resolve_device
+    from relaxplug.models.checkpoint import load_checkpoint
+    from relaxplug.data import load_dataset
+    from relaxplug.runtime import resolve_device
 
     device = resolve_device(device)
     loaded = load_checkpoint(checkpoint, device)
@@ -718,10 +718,10 @@ def attack_main(
     )
     record["guarantee"] = spec_name
     record["checkpoint"] = str(checkpoint)
-    from .report import format_table, write_json
+    from relaxplug.evaluation.report import format_table, write_json
 
     if isinstance(spec, IGRP):
-        from .igrp_attack import IGRP_ATTACK_COLUMNS as columns
+        from relaxplug.attacks.igrp import IGRP_ATTACK_COLUMNS as columns
     else:
         columns = REPORT_COLUMNS
     print(format_table([record], columns))

@@ -1,6 +1,6 @@
 """L2 Lipschitz bounds of arbitrary networks by walking their ``torch.fx`` graph.
 
-The layer-stack analysis in :mod:`relaxplug.lipschitz` covers ``nn.Sequential`` models built
+The layer-stack analysis in :mod:`relaxplug.lipschitz.stack` covers ``nn.Sequential`` models built
 from the seeds' layers. Model zoos (RobustBench WideResNets and PreAct-ResNets, torchvision
 ResNets, CROWN-IBP / auto_LiRPA CNNs) use BatchNorm, residual additions, pooling and an input
 normalization ``(x - mu) / sigma`` written inside ``forward``. This module traces such a model
@@ -18,7 +18,7 @@ Lipschitz constant of every node ``v`` *as a function of the model input*:
 Per-operation constants (each a true upper bound; see :data:`ACTIVATION_LIPSCHITZ`):
 
 * ``Linear`` / ``Conv1d`` / ``Conv2d`` (modules or ``F.linear`` / ``F.conv*d``): the sound
-  spectral bounds of :mod:`relaxplug.spectral` (exact SVD; FFT bound for convolutions, with the
+  spectral bounds of :mod:`relaxplug.lipschitz.spectral` (exact SVD; FFT bound for convolutions, with the
   space-to-depth identity for strides), on the input size recorded by the example run
   (a reflect/replicate/circular ``padding_mode`` multiplies by that padding's copy bound);
 * BatchNorm in eval mode and other per-coordinate scalings ``s * x + t`` (relaxplug
@@ -53,15 +53,15 @@ scaling folded into the head, ``g * L[b] * ||(w_j - w_i) * s||``; the smaller is
 ``K_ji = sqrt(2) * L[f]``, sound since ``||(e_j - e_i)^T J|| <= ||e_j - e_i|| ||J||``.
 
 Floating point: bounds computed from float32 weights in float64 are inflated by
-``1 + FLOAT_ALLOWANCE`` (see :mod:`relaxplug.spectral`); combination steps are float64 with
+``1 + FLOAT_ALLOWANCE`` (see :mod:`relaxplug.lipschitz.spectral`); combination steps are float64 with
 relative errors ~1e-16 each. Like the layer-stack path, the bound does not model the rounding of
 the model's own float32 forward pass: the certifier's rounding allowance does.
 
-Anything else raises :class:`~relaxplug.lipschitz.UnsupportedLayerError` naming the module or
+Anything else raises :class:`~relaxplug.lipschitz.stack.UnsupportedLayerError` naming the module or
 op (also when tracing fails, when the trace does not reproduce the model's output, when an op
 mixes examples of the batch, or when an in-place op hides a mutation from the graph). Bounds are
 for the eval-mode function: asking for them while the model is in training mode raises
-``ValueError`` (:func:`relaxplug.certify` switches to eval mode and back).
+``ValueError`` (:func:`relaxplug.certifiers.certify` switches to eval mode and back).
 """
 
 from __future__ import annotations
@@ -79,10 +79,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.fx.node import map_arg
 
-from . import spectral
-from .layers import InvertibleDownsample, MinMax, Normalize
-from .lipschitz import LIPSCHITZ_MODES, UnsupportedLayerError, _alive, _fingerprint, head_distances
-from .spectral import FLOAT_ALLOWANCE
+from relaxplug.lipschitz import spectral
+from relaxplug.models.layers import InvertibleDownsample, MinMax, Normalize
+from relaxplug.lipschitz.stack import LIPSCHITZ_MODES, UnsupportedLayerError, _alive, _fingerprint, head_distances
+from relaxplug.lipschitz.spectral import FLOAT_ALLOWANCE
 
 __all__ = ["GraphLipschitzEstimator", "ACTIVATION_LIPSCHITZ", "trace_model"]
 
@@ -521,7 +521,7 @@ class _Analysis:
 class GraphLipschitzEstimator:
     """Lipschitz constants of an arbitrary (fx-traceable) model for inputs of one shape.
 
-    Same interface as :class:`relaxplug.lipschitz.LipschitzEstimator` where it makes sense:
+    Same interface as :class:`relaxplug.lipschitz.stack.LipschitzEstimator` where it makes sense:
     ``sound()`` returns the cached provable bound of the body (the input of the final linear
     head; the whole network when there is none), recomputed when any parameter or buffer
     changes; :meth:`pair_lipschitz` returns the GloRo matrix ``K_ji``. ``converged()`` replaces
@@ -530,7 +530,7 @@ class GraphLipschitzEstimator:
     can be certified, not trained, by relaxplug.
 
     The model must be in eval mode when bounds are computed (BatchNorm in training mode uses
-    batch statistics and is not a fixed function); :func:`relaxplug.certify` does that.
+    batch statistics and is not a fixed function); :func:`relaxplug.certifiers.certify` does that.
 
     Args:
         model: the network (logits ``(B, n)``), fx-traceable.
@@ -596,7 +596,7 @@ class GraphLipschitzEstimator:
 
     def power(self, n_iter: int = 2) -> Tensor:
         raise UnsupportedLayerError(
-            f"GloRo training (power iteration) supports the layer stacks of relaxplug.lipschitz only; "
+            f"GloRo training (power iteration) supports the layer stacks of relaxplug.lipschitz.stack only; "
             f"{type(self.model).__name__} can be certified (certifier='gloro') but not trained by relaxplug"
         )
 
@@ -610,7 +610,7 @@ class GraphLipschitzEstimator:
             raise ValueError(
                 f"the model is in training mode (e.g. {training[0]!r}): Lipschitz bounds are for the eval-mode "
                 "function (BatchNorm with running statistics, no dropout); call model.eval() first "
-                "(relaxplug.certify does)"
+                "(relaxplug.certifiers.certify does)"
             )
         key = _fingerprint(self.model)
         cached = self._cache.get(mode)

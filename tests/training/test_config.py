@@ -2,9 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from relaxplug.config import TrainConfig, apply_overrides, load_config
+from relaxplug.training.config import TrainConfig, apply_overrides, load_config
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
 def test_every_shipped_config_loads():

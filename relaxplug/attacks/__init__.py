@@ -1,0 +1,1 @@
+"""Attacks: PGD on a guarantee's claims, certificate checks, AutoAttack, the soundness sweep."""

@@ -1,0 +1,1 @@
+"""Evaluation: certify a data set, metrics, certifier comparison, reports, model sources."""
