@@ -1,6 +1,13 @@
 """Guarantee adapters: each decides which top-k sets are acceptable, on top of one shared
 margin computation (``m^k`` and Equation B1 of Leino & Fredrikson 2021)."""
 
+if __name__ != "relaxplug.adapters":  # e.g. ``import adapters`` from the repository root
+    raise ImportError(
+        "adapters/ is the source folder of the package relaxplug.adapters; "
+        "import relaxplug.adapters (or relaxplug) instead of a second, unrelated copy"
+    )
+
+
 from relaxplug.adapters.affinity import Affinity as Affinity
 from relaxplug.adapters.affinity import Superclass as Superclass
 from relaxplug.adapters.base import Guarantee as Guarantee
