@@ -280,6 +280,14 @@ def _attack_claims(model: nn.Module, x: Tensor, made: list[tuple[dict[str, Any],
             row["min_attack_margin"] = min(row.get("min_attack_margin", math.inf), float(mine.min()))
 
 
+def _sizes(claims: tuple[Claim, ...]) -> dict[Any, int]:
+    """Claims per set size ``{k: count}``, or per claim name for a guarantee with several."""
+    if len(claims) > 1:
+        return {c.name: len(c) for c in claims}
+    sizes, counts = torch.unique(claims[0].winners.sum(1), return_counts=True)
+    return {int(k): int(n) for k, n in zip(sizes, counts)}
+
+
 def _new_row(net: SweepNet, norm: float, eps: float, certifier: str, guarantee: str) -> dict[str, Any]:
     """A sweep row with zero counts."""
     return {"net": net.name, "norm": Norm(norm).to_json(), "eps": eps, "certifier": certifier, "guarantee": guarantee,
@@ -363,8 +371,7 @@ def soundness_sweep(
                         claims = guarantee.claims(cert)
                         row.update(seconds=cert.seconds, certified=int(cert.certified.sum()),
                                    claims=sum(len(c) for c in claims),
-                                   sizes={c.name if len(claims) > 1 else int(k): int(n) for c in claims
-                                          for k, n in zip(*torch.unique(c.winners.sum(1), return_counts=True))})
+                                   sizes=_sizes(claims))
                         made.extend((row, claim) for claim in claims)
                     _attack_claims(net.model, net.x, made, norm, settings, seed)
                     if log is not None:
