@@ -114,6 +114,9 @@ def check_certificates(
     """
     if len(cert) != x.shape[0]:
         raise ValueError(f"certificate covers {len(cert)} points, x has {x.shape[0]}")
+    if guarantee is None and type(cert) is not Certificate:
+        raise TypeError(f"a {type(cert).__name__} carries claims of its own guarantee: pass the guarantee "
+                        f"({cert.guarantee}) to check them")
     claims = (guarantee or Guarantee()).claims(cert.to(x.device))
     worst = attack_claims(model, x, claims, cert.norm, settings)
     check = ClaimCheck()

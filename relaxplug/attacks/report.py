@@ -10,7 +10,7 @@ point of its ball where one of its claims fails. :func:`attack_main` is the comm
 from __future__ import annotations
 
 import time
-from pathlib import Path
+from dataclasses import replace
 from typing import Any, Sequence
 
 import torch
@@ -58,16 +58,20 @@ def as_tensors(data: Dataset | tuple[Tensor, Tensor], limit: int | None) -> tupl
     return torch.cat(xs), torch.cat(ys)
 
 
+def _claim_keys(claim: Claim) -> Tensor:
+    """``(C, 1 + 2n)`` rows identifying each claim of a batch: point, winners, losers."""
+    return torch.cat([claim.point[:, None].cpu(), claim.winners.cpu().long(), claim.losers.cpu().long()], dim=1)
+
+
 def _same_claims(made: Claim, tried: Sequence[Claim], worst: Sequence[Tensor]) -> Tensor:
     """Per row of ``made``: the smallest margin an earlier attack found on the very same claim
     (same point, radius, winners and losers), ``+inf`` where none was tried. ``(C,)``."""
     best = torch.full((len(made),), float("inf"), dtype=torch.float64)
-    key = lambda c: torch.cat([c.point[:, None].cpu(), c.winners.cpu().long(), c.losers.cpu().long()], dim=1)  # noqa: E731
-    mine = key(made)
+    mine = _claim_keys(made)
     for claim, margin in zip(tried, worst):
         if claim.eps != made.eps or len(claim) == 0 or len(made) == 0:
             continue
-        keys, inverse = torch.unique(torch.cat([mine, key(claim)]), dim=0, return_inverse=True)
+        keys, inverse = torch.unique(torch.cat([mine, _claim_keys(claim)]), dim=0, return_inverse=True)
         found = torch.full((keys.shape[0],), float("inf"), dtype=torch.float64)
         found = found.scatter_reduce(0, inverse[len(made):], margin.detach().cpu().double(), reduce="amin")
         best = torch.minimum(best, found[inverse[: len(made)]])
@@ -127,7 +131,7 @@ def attack_report(
                                      batch_size=settings.batch_size, device=x.device, progress=progress)
         cert = cert.to(x.device)
         made = tuple(spec.claims(cert))
-        second = attack_claims(model, x, made, norm, AttackSettings(**{**settings.__dict__, "seed": settings.seed + 1}))
+        second = attack_claims(model, x, made, norm, replace(settings, seed=settings.seed + 1))
         for claim, margin in zip(made, second):
             # the guarantee attack may have tried the same claim: a break there counts too
             margin = torch.minimum(margin.detach().cpu().double(), _same_claims(claim, result.claims, result.worst))
