@@ -39,8 +39,12 @@ class Certifier:
     norms: tuple[float, ...] = (2.0,)
 
     def check_norm(self, norm: float | str) -> None:
-        norm = Norm(norm)
-        if norm not in self.norms:
+        """``ValueError`` naming this certifier's norms unless ``norm`` is one of them."""
+        try:
+            supported = Norm(norm) in self.norms
+        except ValueError:
+            supported = False
+        if not supported:
             raise ValueError(f"certifier {self.name!r} supports norms {[Norm(n).name for n in self.norms]}, got {norm}")
 
     def bounds(self, model: nn.Module, x: Tensor, logits: Tensor, requests: Sequence[MarginRequest], norm: float) -> list[Tensor]:
