@@ -16,6 +16,10 @@ Losses on ``g`` (``y`` the label; the bottom class ``bot`` is never a target):
 Use them without the wrapper: ``g = gloro_instrumented(logits, K, eps, guarantee)``, then
 ``gloro_cross_entropy(g, y)`` or ``gloro_trades(g, y, lam)``; or by name through
 :data:`GLORO_LOSSES` (what :class:`relaxplug.GloRoNet` does).
+
+Bound-propagation training: :class:`CrownIBPLoss` (CROWN-IBP, Zhang et al. 2020, standard and
+IGRP, on the auto_LiRPA glue the certifiers use; :mod:`relaxplug.training.crown_ibp` states its
+equations) and its robust cross-entropy ``log(1 + sum_i exp(-l_i))``.
 """
 
 from __future__ import annotations
@@ -28,15 +32,19 @@ from torch import Tensor
 
 from relaxplug.adapters import Guarantee
 from relaxplug.certifiers.gloro import gloro_lower_bounds
+from relaxplug.training.crown_ibp import CrownIBPLoss, CrownIBPSchedule, robust_cross_entropy
 
 __all__ = [
     "GLORO_LOSSES",
+    "CrownIBPLoss",
+    "CrownIBPSchedule",
     "gloro_cross_entropy",
     "gloro_instrumented",
     "gloro_loss",
     "gloro_trades",
     "guarantee_margin",
     "instrumented_logits",
+    "robust_cross_entropy",
 ]
 
 
