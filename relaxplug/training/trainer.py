@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
-from tqdm.auto import tqdm
+from tqdm import tqdm  # tqdm.auto would call iter(loader) once more per epoch (an extra shuffle draw)
 
 from relaxplug.adapters import Guarantee, load_sets, resolve_guarantee
 from relaxplug.data import load_dataset
