@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from relaxplug.adapters import Guarantee, load_sets, resolve_guarantee
 from relaxplug.models.checkpoint import load_checkpoint, save_checkpoint
 from relaxplug.training.config import TrainConfig, config_to_dict
-from relaxplug.lipschitz import LipschitzEstimator, head_distances
+from relaxplug.lipschitz import LipschitzEstimator, head_distances, load_lipschitz_state
 from relaxplug.models.architectures import build_model
 from relaxplug.runtime import resolve_device, seed_everything
 
@@ -160,6 +160,7 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> Tr
             raise ValueError(
                 f"{checkpoint_path} was written by a different config; use another out_dir or resume=False"
             )
+        load_lipschitz_state(model, loaded.model.state_dict())  # power-iteration buffers, created here
         model.load_state_dict(loaded.model.state_dict())
         state = loaded.state or {}
         if "optimizer" in state:
