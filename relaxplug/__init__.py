@@ -16,6 +16,9 @@ from relaxplug.attacks.settings import AttackSettings as AttackSettings
 from relaxplug.norms import Norm as Norm
 from relaxplug.certifiers import list_certifiers as list_certifiers
 from relaxplug.certifiers.certify import certify as certify
+from relaxplug.training import losses as losses
+from relaxplug.training.crown_ibp import CrownIBPLoss as CrownIBPLoss
+from relaxplug.training.wrapper import GloRoNet as GloRoNet
 
 __version__ = "0.1.0"
 
@@ -23,6 +26,8 @@ __all__ = [
     "AttackSettings",
     "Certificate",
     "Claim",
+    "CrownIBPLoss",
+    "GloRoNet",
     "Norm",
     "adapters",
     "certify",
@@ -30,6 +35,7 @@ __all__ = [
     "models",
     "list_certifiers",
     "list_guarantees",
+    "losses",
     "resolve_guarantee",
     "zoo",
 ]

@@ -13,7 +13,7 @@ from relaxplug.adapters import IGRP, Affinity, IGRPCertificate, Standard, rank_o
 from relaxplug.adapters.claims import Claim, claim_margin
 from relaxplug.attacks import AttackSettings, attack_claims, check_certificates
 from relaxplug.evaluation.metrics import igrp_summary
-from relaxplug.lipschitz.stack import LipschitzEstimator, head_distances
+from relaxplug.lipschitz import LipschitzEstimator, head_distances
 from relaxplug.evaluation.metrics import summarize
 from relaxplug.training.losses import guarantee_margin
 
