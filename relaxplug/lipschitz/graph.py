@@ -583,7 +583,12 @@ def _diagonal_scale(replay: Callable[[Tensor], Tensor], shape: tuple[int, ...], 
     s = ratios[0][0]
     if not all(torch.allclose(r, s.expand_as(r), rtol=1e-12, atol=0) for r in ratios):
         return None
-    return s.abs() * _UP
+    s = torch.stack([r.abs().amax(0) for r in ratios]).amax(0)  # the larger quotient: rounds up
+    if s.dim() >= 1:  # a per-channel scaling: one value per channel (the largest), so it folds per channel
+        channel = s.reshape(s.shape[0], -1).amax(1).reshape(-1, *([1] * (s.dim() - 1)))
+        if torch.allclose(s, channel.expand_as(s), rtol=1e-12, atol=0):
+            s = channel
+    return s  # float64 quotients: relative error ~1e-16, covered by FLOAT_ALLOWANCE in the linear bounds
 
 
 def _copy_bound(replay: Callable[[Tensor], Tensor], shape: tuple[int, ...], device: torch.device, what: str) -> float:
