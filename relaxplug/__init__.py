@@ -13,15 +13,19 @@ from relaxplug.adapters import resolve_guarantee as resolve_guarantee
 from relaxplug.adapters.certificate import Certificate as Certificate
 from relaxplug.certifiers import list_certifiers as list_certifiers
 from relaxplug.certifiers.certify import certify as certify
+from relaxplug.lipschitz import LipschitzLayer as LipschitzLayer
+from relaxplug.lipschitz import register_lipschitz as register_lipschitz
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Certificate",
+    "LipschitzLayer",
     "adapters",
     "certify",
     "layers",
     "models",
+    "register_lipschitz",
     "list_certifiers",
     "list_guarantees",
     "resolve_guarantee",

@@ -85,6 +85,7 @@ from relaxplug.lipschitz.head import head_distances
 from relaxplug.lipschitz.protocol import LipschitzRule, UnsupportedLayerError, check_no_hooks, lipschitz_rule
 from relaxplug.lipschitz.rounding import DEFAULT_LAYER_ULPS, LIBRARY_ULPS, ForwardError, dot_gamma, unit_roundoff
 from relaxplug.lipschitz.spectral import FLOAT_ALLOWANCE
+from relaxplug.lipschitz.torch_layers import padding_plan
 
 __all__ = ["LipschitzEstimator", "GraphLipschitzEstimator", "ACTIVATION_LIPSCHITZ", "LIPSCHITZ_MODES", "trace_model",
            "estimator_for", "init_lipschitz_state", "load_lipschitz_state"]
@@ -1411,10 +1412,9 @@ class _RuleBuilder:
         hw = tuple(shape[1:])
         if padding_mode != "zeros":
             # the module pads with reflect/replicate/circular copies, then convolves unpadded
-            pad = tuple(reversed_padding)
-            probe_shape = (1, *shape)
-            pre_gain = _copy_bound(lambda t: F.pad(t, pad, mode=padding_mode), probe_shape, self.rec.device, self.what)
-            hw = tuple(h + pad[2 * (dims - 1 - i)] + pad[2 * (dims - 1 - i) + 1] for i, h in enumerate(hw))
+            kernel = tuple(weight.shape[2:])
+            pre_gain, hw = padding_plan(padding_mode, tuple(reversed_padding), tuple(shape), kernel,
+                                        _tuple(stride, dims), _tuple(dilation, dims))
             padding = 0
         if conv1d:
             stride, dilation = (1, _tuple(stride, 1)[0]), (1, _tuple(dilation, 1)[0])
