@@ -1,12 +1,10 @@
-"""L2 Lipschitz bounds of arbitrary networks by walking their ``torch.fx`` graph.
+"""The Lipschitz engine: L2 bounds of a network by walking its ``torch.fx`` graph.
 
-The layer-stack analysis in :mod:`relaxplug.lipschitz.stack` covers ``nn.Sequential`` models built
-from the seeds' layers. Model zoos (RobustBench WideResNets and PreAct-ResNets, torchvision
-ResNets, CROWN-IBP / auto_LiRPA CNNs) use BatchNorm, residual additions, pooling and an input
-normalization ``(x - mu) / sigma`` written inside ``forward``. This module traces such a model
-with ``torch.fx``, runs the traced graph once on an example batch (shapes, constants, and a
-check that the graph reproduces the model), and propagates an upper bound ``L[v]`` on the L2
-Lipschitz constant of every node ``v`` *as a function of the model input*:
+One engine certifies and trains. The model is traced with ``torch.fx`` (modules with a
+Lipschitz rule, :mod:`relaxplug.lipschitz.protocol`, are leaves), the traced graph is run once
+on an example batch (shapes, constants, checks that the graph reproduces the model and never
+mixes examples of the batch), and an upper bound ``L[v]`` on the L2 Lipschitz constant of every
+node ``v`` *as a function of the model input* is propagated:
 
 * composition multiplies: ``L[g(u)] <= Lip(g) * L[u]``;
 * ``a + b`` / ``a - b`` add: ``L <= L[a] + L[b]`` (times ``sqrt(r)`` for an operand broadcast to
@@ -54,10 +52,10 @@ scaling folded into the head, ``g * L[b] * ||(w_j - w_i) * s||``; the smaller is
 
 Floating point: bounds computed from float32 weights in float64 are inflated by
 ``1 + FLOAT_ALLOWANCE`` (see :mod:`relaxplug.lipschitz.spectral`); combination steps are float64 with
-relative errors ~1e-16 each. Like the layer-stack path, the bound does not model the rounding of
-the model's own float32 forward pass: the certifier's rounding allowance does.
+relative errors ~1e-16 each. The rounding of the model's own forward pass is bounded separately
+along the same graph (:meth:`LipschitzEstimator.forward_error`, :mod:`relaxplug.lipschitz.rounding`).
 
-Anything else raises :class:`~relaxplug.lipschitz.stack.UnsupportedLayerError` naming the module or
+Anything else raises :class:`~relaxplug.lipschitz.protocol.UnsupportedLayerError` naming the module or
 op (also when tracing fails, when the trace does not reproduce the model's output, when an op
 mixes examples of the batch, or when an in-place op hides a mutation from the graph). Bounds are
 for the eval-mode function: asking for them while the model is in training mode raises
