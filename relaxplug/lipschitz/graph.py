@@ -57,9 +57,9 @@ along the same graph (:meth:`LipschitzEstimator.forward_error`, :mod:`relaxplug.
 
 Anything else raises :class:`~relaxplug.lipschitz.protocol.UnsupportedLayerError` naming the module or
 op (also when tracing fails, when the trace does not reproduce the model's output, when an op
-mixes examples of the batch, or when an in-place op hides a mutation from the graph). Bounds are
-for the eval-mode function: asking for them while the model is in training mode raises
-``ValueError`` (:func:`relaxplug.certifiers.certify` switches to eval mode and back).
+mixes examples of the batch, or when an in-place op hides a mutation from the graph). Sound bounds
+are for the eval-mode function, whatever mode the model is in (the analysis runs in eval mode
+and restores every submodule's flag).
 """
 
 from __future__ import annotations
@@ -411,10 +411,14 @@ class _Leaf:
     in_shape: tuple[int, ...]
 
     def bound(self) -> float:
-        value = self.rule.bound(self.module, tuple(self.in_shape))
-        value = float(value)
+        """The declared bound (computed once per analysis: rules are rebuilt for every analysis)."""
+        cached = self.__dict__.get("_bound_value")
+        if cached is not None:
+            return cached
+        value = float(self.rule.bound(self.module, tuple(self.in_shape)))
         if not (math.isfinite(value) and value >= 0):
             raise UnsupportedLayerError(f"{self.rule.source} returned {value}, not a finite nonnegative bound")
+        self.__dict__["_bound_value"] = value
         return value
 
     def rounding(self, u: float, a_in: tuple[float, float], a_out: tuple[float, float], gain: float) -> tuple[float, float]:
