@@ -50,3 +50,17 @@ def test_uncapturable_attributes_disable_the_cache():
     model.config = nested
     snap = ComputationSnapshot(model)
     assert not snap.matches(model)
+
+
+def test_dtype_and_float_settings_are_part_of_the_key():
+    model = _model()
+    snap = ComputationSnapshot(model, contents=False)
+    previous = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium")
+        assert not snap.same_structure(model)
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    assert snap.same_structure(model)
+    model.double()
+    assert not snap.same_structure(model)
