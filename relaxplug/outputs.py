@@ -22,6 +22,8 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
+from relaxplug.errors import RunFailure
+
 __all__ = [
     "LOCK_NAME",
     "OutputDirInUse",
@@ -40,7 +42,7 @@ class OutputError(ValueError):
     """An output path that cannot be used: an existing file where a directory is needed, or not writable."""
 
 
-class OutputDirInUse(RuntimeError):
+class OutputDirInUse(RunFailure):
     """Another process holds the output directory's lock."""
 
 

@@ -33,7 +33,7 @@ def test_eval_prints_the_table_and_writes_json(rt2_checkpoint, tmp_path, capsys)
     assert main(["eval", "--checkpoint", str(rt2_checkpoint), "--limit", "40", "--quiet", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert _header(out) == list(EVAL_COLUMNS)
-    record = json.loads((tmp_path / "eval.json").read_text())
+    record = json.loads((tmp_path / "eval_rtk-2_gloro_eps0.2_L2.json").read_text())  # named by what it holds
     assert record["guarantee"] == "rtk:2" and record["certifier"] == "gloro" and record["points"] == 40
     assert record["eps"] == pytest.approx(0.2) and record["norm"] == 2.0  # the checkpoint's radius and norm
 
@@ -45,7 +45,8 @@ def test_eval_of_an_igrp_guarantee_shows_both_claims(rt2_checkpoint, tmp_path, c
                  "--limit", "40", "--quiet", "--out", str(tmp_path)])  # no --eps: the guarantee's radii
     assert code == 0
     assert _header(capsys.readouterr().out) == list(IGRP_EVAL_COLUMNS)
-    record = json.loads((tmp_path / "eval.json").read_text())
+    (path,) = tmp_path.glob("eval_igrp-*_crown_eps0.02-0.06_L2.json")
+    record = json.loads(path.read_text())
     assert (record["eps_in"], record["eps_out"]) == (0.02, 0.06)
     assert record["group_verified_accuracy_out"] >= record["vra"]
     assert main(["eval", "--checkpoint", str(rt2_checkpoint), "--certifier", "crown", "--guarantee", guarantee,
@@ -58,7 +59,7 @@ def test_alpha_iterations_only_for_alpha_crown(rt2_checkpoint, tmp_path, capsys)
     args = ["eval", "--checkpoint", str(rt2_checkpoint), "--limit", "8", "--quiet", "--out", str(tmp_path),
             "--alpha-iterations", "2"]
     assert main([*args, "--certifier", "alpha-crown"]) == 0
-    assert json.loads((tmp_path / "eval.json").read_text())["certifier"] == "alpha-crown"
+    assert json.loads((tmp_path / "eval_rtk-2_alpha-crown_eps0.2_L2.json").read_text())["certifier"] == "alpha-crown"
     assert main([*args, "--certifier", "crown"]) == 2
     assert "--alpha-iterations applies to --certifier alpha-crown only" in capsys.readouterr().err
 

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 from relaxplug.outputs import atomic_write
 
-__all__ = ["eval_filename", "format_table", "write_json"]
+__all__ = ["HISTORY_COLUMNS", "eval_filename", "format_history", "format_table", "write_json"]
 
 
 def _cell(value: Any) -> str:
@@ -66,3 +66,20 @@ def _default(value: Any) -> Any:
     if isinstance(value, (set, frozenset, tuple)):
         return list(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+#: ``train``'s summary columns, in order, when the history has them
+HISTORY_COLUMNS = ("epoch", "lr", "eps", "loss", "train_accuracy", "train_instrumented_accuracy", "kappa", "beta", "seconds")
+
+
+def format_history(history: Sequence[dict[str, Any]], rows: int = 12) -> str:
+    """A training history as a table: every epoch when there are at most ``rows``, else evenly
+    spaced epochs and always the last."""
+    if not history:
+        return "(no epoch run: the checkpoint was already complete)"
+    columns = [c for c in HISTORY_COLUMNS if any(r.get(c) is not None for r in history)]
+    picked = list(history)
+    if len(picked) > rows:
+        step = len(picked) / (rows - 1)
+        picked = [history[int(i * step)] for i in range(rows - 1)] + [history[-1]]
+    return format_table(picked, columns)
