@@ -18,6 +18,7 @@ import errno
 import fcntl
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
@@ -60,7 +61,7 @@ def check_output_dir(path: str | os.PathLike, what: str = "output directory") ->
         with tempfile.TemporaryFile(dir=target, prefix=".relaxplug-probe."):
             pass
     except OSError as error:
-        raise OutputError(f"{what} '{target}' is not writable: {_describe(error)}") from error
+        raise OutputError(f"{what} '{target}' cannot be created or written: {_describe(error)}") from error
     return target
 
 
@@ -159,19 +160,15 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None], wha
     except OSError as error:
         _unlink(tmp)
         raise OSError(error.errno, f"cannot write {what} '{target}': {_describe(error)}") from error
-    except RuntimeError as error:  # torch.save reports write failures as RuntimeError
+    except RuntimeError as error:  # torch.save reports write failures as an internal RuntimeError
         _unlink(tmp)
-        raise OSError(errno.EIO, f"cannot write {what} '{target}': {_short(error)}") from error
+        free = shutil.disk_usage(target.parent).free / 2**20
+        raise OSError(errno.EIO, f"cannot write {what} '{target}': the write failed (disk full or over a "
+                                 f"file size limit? {free:.0f} MiB free there)") from error
     except BaseException:
         _unlink(tmp)
         raise
     return target
-
-
-def _short(error: BaseException) -> str:
-    """First line of an error's text (torch's messages carry C++ stack traces)."""
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
 
 
 def _unlink(path: str) -> None:

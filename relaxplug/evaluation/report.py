@@ -82,4 +82,6 @@ def format_history(history: Sequence[dict[str, Any]], rows: int = 12) -> str:
     if len(picked) > rows:
         step = len(picked) / (rows - 1)
         picked = [history[int(i * step)] for i in range(rows - 1)] + [history[-1]]
-    return format_table(picked, columns)
+    small = ("lr", "eps", "kappa", "beta")  # may be 1e-5: 3 significant digits, not 3 decimals
+    shown = [{k: (f"{v:.3g}" if k in small and isinstance(v, float) else v) for k, v in r.items()} for r in picked]
+    return format_table(shown, columns)
