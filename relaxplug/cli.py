@@ -1,9 +1,9 @@
 """The ``relaxplug`` command line: ``train``, ``eval``, ``demo``, ``compare``, ``attack``, ``groups``, ``list``.
 
 Errors are one line on stderr naming the cause, never a traceback (``-v`` adds it): exit code
-2 for a usage error (arguments, config, input files that are wrong), 1 for a failure while
-working (an output that cannot be written, a run holding the output directory, training that
-diverged, an internal error), 130 when interrupted.
+2 for a usage error (arguments, config or input files that are wrong, an output path that
+cannot be used), 1 for a failure while working (a write that fails, a run holding the output
+directory, training that diverged, nothing measured, an internal error), 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -22,6 +22,11 @@ __all__ = ["main", "build_parser"]
 
 USAGE_ERROR = 2
 FAILURE = 1
+DESCRIPTION = """Certify, train and attack relaxed robustness guarantees (see docs/cli.md).
+
+Errors are one line on stderr; -v shows the traceback. Exit codes: 0 success, 2 usage error
+(arguments, config or input files, an unusable output path), 1 failure while working (a
+failed write, an output directory in use, diverged training, nothing measured), 130 interrupted."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -172,7 +177,7 @@ def _add_model_sources(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="relaxplug", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="relaxplug", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details; tracebacks on errors")
     parser.add_argument("--version", action="version", version=f"relaxplug {_version()}")
     # -v is accepted after the subcommand too; SUPPRESS keeps an absent one from resetting it
