@@ -12,6 +12,7 @@ import argparse
 import logging
 import sys
 import traceback
+import warnings
 from pathlib import Path
 from typing import NoReturn, Sequence
 
@@ -90,17 +91,12 @@ def _norm(text: str) -> str:
 
 
 def _device(text: str) -> str:
-    import torch
+    from relaxplug.runtime import parse_device
 
-    spec = text.strip().lower()
-    if spec != "auto":
-        try:
-            device = torch.device(spec)
-        except RuntimeError:
-            device = None
-        if device is None or device.type not in ("cpu", "cuda", "mps"):
-            raise argparse.ArgumentTypeError(f"unknown device {text!r}: use auto, cpu, cuda or cuda:N")
-    return spec
+    try:
+        return parse_device(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _certifier(text: str, allow_none: bool = False) -> str:
@@ -438,6 +434,11 @@ def _exit_code(error: BaseException) -> tuple[int, str]:
     return FAILURE, f"internal error ({type(error).__name__}; rerun with -v for the traceback)"
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one ``warning: ...`` line on stderr (``-v`` keeps Python's form, with the source line)."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (errors: one line on stderr)."""
     try:
@@ -446,7 +447,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return done.code if isinstance(done.code, int) else USAGE_ERROR
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return COMMANDS[args.command](args)
+        with warnings.catch_warnings():
+            if not args.verbose:
+                warnings.showwarning = _show_warning
+            return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -7,8 +7,12 @@ holds the output directory, training diverged, nothing could be measured): the C
 
 from __future__ import annotations
 
-__all__ = ["RunFailure"]
+__all__ = ["RunFailure", "TrainingDiverged"]
 
 
 class RunFailure(RuntimeError):
     """A run that stopped for a reason the user must act on (its message says which)."""
+
+
+class TrainingDiverged(RunFailure):
+    """Training whose loss or weights stopped being finite; the last good checkpoint is kept."""
