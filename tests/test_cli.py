@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from relaxplug.certifiers import list_certifiers
 from relaxplug.cli import EVAL_COLUMNS, IGRP_EVAL_COLUMNS, main
@@ -266,3 +267,104 @@ def test_eval_results_are_named_by_what_they_hold(rt2_checkpoint, tmp_path, caps
         assert _run(capsys, ["eval", "--checkpoint", rt2_checkpoint, "--eps", eps, "--limit", "4", "--quiet", "--out", tmp_path])[0] == 0
     names = sorted(p.name for p in tmp_path.glob("eval_*.json"))
     assert names == ["eval_rtk-2_gloro_eps0.1_L2.json", "eval_rtk-2_gloro_eps0.2_L2.json"]  # nothing overwritten
+
+
+# --- training: one run per output directory, divergence, config types, logs --------------------
+
+def _train_args(out_dir, *extra):
+    return ["train", REPO / "configs" / "digits_rtk2.yaml", "--set", "epochs=2", "--set", "eps_ramp_epochs=1",
+            "--set", "limit_train=64", "--set", f"out_dir={out_dir}", "--quiet", *extra]
+
+
+def test_a_second_run_on_a_directory_in_use_is_refused_and_the_first_is_kept(tmp_path, capsys):
+    out = tmp_path / "shared"
+    first = subprocess.Popen([sys.executable, "-m", "relaxplug", "train", str(REPO / "configs" / "digits_standard.yaml"),
+                              "--set", "epochs=15", "--set", "eps_ramp_epochs=1", "--set", "limit_train=32",
+                              "--set", f"out_dir={out}", "--quiet"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(600):  # until the first run holds the directory and has finished an epoch
+            if (out / "metrics.jsonl").exists() or first.poll() is not None:
+                break
+            subprocess.run(["sleep", "0.1"])
+        assert first.poll() is None, first.communicate()
+        code, out_text, err = _run(capsys, _train_args(out))  # digits_rtk2 into the same directory
+        assert code == 1 and out_text == ""
+        assert _one_line(err) == (f"error: output directory '{out}' is in use by another relaxplug run (pid {first.pid}); "
+                                  "wait for it or choose another out_dir")
+    finally:
+        stdout, stderr = first.communicate(timeout=600)
+    assert first.returncode == 0, stderr
+    from relaxplug.models.checkpoint import load_checkpoint
+
+    assert load_checkpoint(out / "checkpoint.pt").metadata["config"]["name"] == "digits_standard"
+
+
+def test_non_finite_training_stops_with_an_error_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
+    out = tmp_path / "run"
+    # two batches per epoch; the learning rate jumps to 1e30 after half the run: epoch 3's loss is infinite
+    code, _, err = _run(capsys, ["train", REPO / "configs" / "digits_rtk2.yaml", "--set", "epochs=4", "--set", "eps_ramp_epochs=1",
+                                 "--set", "limit_train=128", "--set", "lr=1e-3 -> 1e30 after half", "--set", f"out_dir={out}",
+                                 "--quiet"])
+    assert code == 1
+    line = _one_line(err)
+    assert line.startswith("error: training diverged at epoch 3, batch ")
+    assert f"the last good checkpoint (epoch 2) is kept: {out / 'checkpoint.pt'}" in line
+    from relaxplug.models.checkpoint import load_checkpoint
+
+    kept = load_checkpoint(out / "checkpoint.pt")
+    assert kept.metadata["epoch"] == 2
+    assert all(bool(torch.isfinite(p).all()) for p in kept.model.parameters())
+    assert [json.loads(row)["epoch"] for row in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+
+
+@pytest.mark.parametrize("override, words", [
+    ('seed="abc"', "seed must be an integer, got 'abc'"),
+    ("name=null", "name must be a string, got None"),
+    ("dataset_options=5", "dataset_options must be a mapping of keys to values, got 5"),
+    ("limit_train=0", "limit_train must be an integer >= 1, got 0"),
+    ('sets="abc"', "sets must be a list of class-index lists or null, got 'abc'"),
+    ("eps=.inf", "eps must be a finite number >= 0, got inf"),
+    ("norm=abc", "norm must be 2 or inf, got 'abc'"),
+    ("device=tpu", "unknown device 'tpu': use auto, cpu, cuda or cuda:N"),
+    ("sets=[1,", "--set sets=[1,: the value is not valid YAML"),
+    ("guarantee=superclass:imagenet", "unknown class name 'imagenet'"),
+    ("guarantee=superclass:cifar100", "class index 30, out of range for 10 classes"),
+])
+def test_config_errors_name_the_key_and_the_value(tmp_path, capsys, override, words):
+    code, out, err = _run(capsys, [*_train_args(tmp_path / "run"), "--set", override])
+    assert code == 2 and out == ""
+    assert words in _one_line(err)
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"", "is empty: give at least the keys to change"),
+    (b"# only a comment\n", "is empty: give at least the keys to change"),
+    (b"name: [a\nb: 1\n", "is not valid YAML: expected ',' or ']', but got ':' at line 2, column 2"),
+    (b"\x80\x02\x8a\nPK\x03\x04 binary", "is not a text file (a config is UTF-8 YAML)"),
+    (b"- a list\n", "a config is a mapping of keys to values, got list"),
+])
+def test_a_broken_config_file_is_named(tmp_path, capsys, content, words):
+    path = tmp_path / "config.yaml"
+    path.write_bytes(content)
+    code, out, err = _run(capsys, ["train", path, "--quiet"])
+    assert code == 2 and out == ""
+    line = _one_line(err)
+    assert str(path) in line and words in line
+
+
+def test_a_shortened_run_clips_the_eps_ramp_and_leaves_its_history(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, printed, err = _run(capsys, ["train", REPO / "configs" / "digits_rtk2.yaml", "--set", "epochs=2", "--set", "limit_train=64",
+                                       "--set", f"out_dir={out}", "--quiet", "--device", "cpu"])  # the config ramps eps over 30 epochs
+    assert code == 0
+    assert _one_line(err) == "warning: eps_ramp_epochs=30 is longer than the run (2 epochs): clipped to 2"
+    table = printed.splitlines()[1:5]  # a table, not a Python dict
+    assert table[0].split()[:2] == ["epoch", "lr"] and set(table[1]) == {"-", " "}
+    assert [row.split()[0] for row in table[2:]] == ["1", "2"] and "{" not in printed
+    records = [json.loads(row) for row in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2] and [r["eps"] for r in records] == [pytest.approx(0.15), pytest.approx(0.3)]
+    assert (out / "train.log").read_text().splitlines()[2:] == table[2:]
+    from relaxplug.models.checkpoint import load_checkpoint
+
+    assert load_checkpoint(out / "checkpoint.pt").metadata["config"]["device"] == "cpu"  # train --device
