@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from relaxplug.lipschitz import load_lipschitz_state
 from relaxplug.models.architectures import build_model
 from relaxplug.outputs import atomic_write
 
@@ -115,6 +116,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         model = build_model(metadata["architecture"], metadata["input_shape"], metadata["n_classes"])
     except ValueError as error:
         raise CheckpointError(f"checkpoint {file}: {error}") from None
+    load_lipschitz_state(model, payload["model"])  # power-iteration buffers of GloRo training, created on load
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     found = {k: tuple(v.shape) for k, v in payload["model"].items()}
     if expected != found:

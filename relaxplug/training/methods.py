@@ -176,13 +176,6 @@ class GloRoMethod(TrainingMethod):
         loss = self.net.criterion(instrumented, y)
         return StepResult(loss, instrumented[:, :-1], int((instrumented.argmax(1) == y).sum()))
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"power_vectors": {k: v.detach().cpu() for k, v in self.net.power_vectors.state_dict().items()}}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "power_vectors" in state:
-            self.net.power_vectors.load_state_dict(state["power_vectors"])
-
 
 @dataclass(frozen=True)
 class CrownIBPSection:
