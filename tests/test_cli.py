@@ -200,6 +200,14 @@ def test_a_full_disk_is_one_line_exit_1_and_leaves_no_temporary(rt2_checkpoint, 
     line = _one_line(done.stderr)
     assert line.startswith("error: cannot write JSON results") and line.endswith("File too large")
     assert list(out.iterdir()) == []  # no result, no .tmp
+    run = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "relaxplug", *map(str, _train_args(run))],
+                          preexec_fn=_file_size_limit(2000), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    line = _one_line(done.stderr)
+    assert line.startswith(f"error: cannot write checkpoint '{run / 'checkpoint.pt'}': "), line
+    assert line.endswith("File too large") or "the write failed (disk full" in line, line  # never torch's internals
+    assert sorted(p.name for p in run.iterdir()) == [".relaxplug.lock"]  # no checkpoint, no .tmp
 
 
 # --- corrupt inputs ------------------------------------------------------------------------------
@@ -241,6 +249,9 @@ def test_eval_on_an_npz_takes_the_class_count_from_the_checkpoint(rt2_checkpoint
     code, out, err = _run(capsys, ["eval", "--checkpoint", rt2_checkpoint, "--data", subset, "--quiet", "--out", tmp_path])
     assert code == 0, err
     assert json.loads(next(tmp_path.glob("eval_*.json")).read_text())["points"] == 5
+    code, out, err = _run(capsys, ["attack", "--checkpoint", rt2_checkpoint, "--data", subset, "--steps", "2", "--restarts", "1",
+                                   "--no-autoattack", "--quiet", "--out", tmp_path])
+    assert code == 0, err
     beyond = _npz(tmp_path / "beyond.npz", [0, 15])
     code, _, err = _run(capsys, ["eval", "--checkpoint", rt2_checkpoint, "--data", beyond, "--quiet", "--out", tmp_path])
     assert code == 2 and "labels up to 15, but the checkpoint has 10 classes" in _one_line(err)
