@@ -266,9 +266,16 @@ def _load_for_eval(args: argparse.Namespace):
 
 
 def _check_out(args: argparse.Namespace) -> None:
-    """Refuse an unusable ``--out`` (or the checkpoint's directory, the default) before any work."""
-    if args.out or getattr(args, "checkpoint", None):
-        check_output_dir(args.out or Path(args.checkpoint).parent)
+    """Refuse an unusable ``--out``, or checkpoint directory (the default output), before any work.
+
+    A checkpoint whose directory does not exist is left to the loader's "not found" error
+    rather than creating the directory.
+    """
+    checkpoint = getattr(args, "checkpoint", None)
+    if args.out:
+        check_output_dir(args.out)
+    elif checkpoint and Path(checkpoint).parent.is_dir():
+        check_output_dir(Path(checkpoint).parent)
 
 
 def _model_file(args: argparse.Namespace, loaded) -> Path:
@@ -336,7 +343,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 def _cmd_attack(args: argparse.Namespace) -> int:
     from relaxplug.attacks.robustness import attack_main
 
-    check_output_dir(args.out or Path(args.checkpoint).parent)
+    _check_out(args)
     _load_optional_certifiers()
     return attack_main(
         args.checkpoint, args.guarantee, args.eps, args.norm, args.certifier, limit=args.limit, steps=args.steps,
@@ -378,7 +385,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_groups(args: argparse.Namespace) -> int:
     from relaxplug.groups import format_groups, groups_from_checkpoint
 
-    check_output_dir(args.out or Path(args.checkpoint).parent)
+    _check_out(args)
     grouping, yaml_path, png_path, names = groups_from_checkpoint(
         args.checkpoint, args.n_groups, args.linkage, args.metric, args.out
     )

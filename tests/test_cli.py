@@ -144,6 +144,9 @@ def test_verbose_is_accepted_after_the_subcommand_and_shows_the_traceback(tmp_pa
     missing = tmp_path / "missing.pt"
     code, _, err = _run(capsys, ["eval", "--checkpoint", missing, "--quiet"])
     assert code == 2 and _one_line(err) == f"error: checkpoint not found: {missing}"
+    code, _, err = _run(capsys, ["groups", "--checkpoint", tmp_path / "typo" / "checkpoint.pt", "--n-groups", "2"])
+    assert code == 2 and "checkpoint not found" in _one_line(err)
+    assert not (tmp_path / "typo").exists()  # a failed command creates no output directory
     code, _, err = _run(capsys, ["eval", "--checkpoint", missing, "-v"])
     assert code == 2 and "Traceback" in err and err.strip().endswith(f"error: checkpoint not found: {missing}")
 
