@@ -108,7 +108,7 @@ def load_evaluation(
     set's first built-in grouping. Returns a :class:`ModelSource`.
     """
     from relaxplug.models.checkpoint import load_checkpoint
-    from relaxplug.data import load_dataset
+    from relaxplug.data import fit_class_count, load_dataset
     from relaxplug.runtime import resolve_device
 
     device = resolve_device(device)
@@ -117,9 +117,8 @@ def load_evaluation(
     config = meta.get("config") or {}
     name = data or meta["dataset"]
     options = config.get("dataset_options", {}) if name == meta["dataset"] else {}
-    splits = load_dataset(name, data_root or config.get("data_root"), **options)
-    if splits.n_classes != meta["n_classes"]:
-        raise ValueError(f"data set {name!r} has {splits.n_classes} classes, the checkpoint {meta['n_classes']}")
+    splits = fit_class_count(load_dataset(name, data_root or config.get("data_root"), **options), meta["n_classes"],
+                             "the checkpoint")
     spec = guarantee or meta.get("guarantee") or "standard"
     sets = meta.get("sets")
     if spec.strip().lower() in ("affinity", "superclass") and not sets:
@@ -165,6 +164,7 @@ def load_zoo_evaluation(
     Returns:
         a :class:`ModelSource` holding the :class:`~relaxplug.zoo.base.ZooModel`.
     """
+    from relaxplug.data import fit_class_count
     from relaxplug.runtime import resolve_device
 
     if (robustbench is None) == (lirpa_model is None):
@@ -192,8 +192,7 @@ def load_zoo_evaluation(
     if tuple(splits.input_shape) != tuple(zoo.input_shape):
         raise ValueError(f"data set {data_name!r} has inputs of shape {tuple(splits.input_shape)}, the model "
                          f"takes {tuple(zoo.input_shape)}")
-    if splits.n_classes != zoo.n_classes:
-        raise ValueError(f"data set {data_name!r} has {splits.n_classes} classes, the model {zoo.n_classes}")
+    splits = fit_class_count(splits, zoo.n_classes)
     spec = guarantee or "standard"
     sets = None
     if spec.strip().lower() in ("affinity", "superclass"):
