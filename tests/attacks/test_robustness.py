@@ -19,6 +19,8 @@ from relaxplug.attacks.robustness import (
 )
 
 from ..brute_force import acceptable, ranked
+from relaxplug.certifiers import CERTIFIERS
+
 from ..fakes import OverClaiming, blob_checkpoint
 
 GUARANTEES = [
@@ -169,7 +171,8 @@ def test_attack_report_counts():
 
 @pytest.fixture
 def checkpoint(tmp_path, monkeypatch):
-    return blob_checkpoint(tmp_path, monkeypatch, 4, {"guarantee": "standard", "eps": 0.02})
+    with CERTIFIERS.registered(OverClaiming.name, OverClaiming):
+        yield blob_checkpoint(tmp_path, monkeypatch, 4, {"guarantee": "standard", "eps": 0.02})
 
 
 def test_attack_main_exit_codes(checkpoint, tmp_path, capsys):
