@@ -265,7 +265,7 @@ class LirpaCertifier(Certifier):
                 lower = self._anchor(entry, x.detach(), request, norm, logits.dtype)
             else:
                 lower = self._logit(entry, x.detach(), request, norm, logits.dtype)
-            errors = error_model(entry.bounded, x.detach(), request.eps)
+            errors = error_model(entry.bounded, x.detach(), request.eps, norm)
             allowance = errors.margin_allowance(request.order, request.n_candidates).to(lower.dtype)
             out.append(_with_allowance(lower, logits, request) - allowance)
         return out

@@ -164,8 +164,7 @@ def _batch_independent(bounded, lowered: nn.Module, example: Tensor) -> bool:
     if not isinstance(out, Tensor) or out.shape != reference.shape:
         return False
     # two float evaluations of one function differ by at most 2 Gamma a (relaxplug.lirpa.tolerance)
-    errors = error_model(bounded, probe, 0.0)
-    slack = 2.0 * errors.gamma * errors.magnitude.to(reference.dtype)
+    slack = 2.0 * error_model(bounded, probe, 0.0).logit_error.to(reference.dtype)
     return bool(((out - reference).abs() <= slack + forward_tolerance(reference)).all())
 
 
