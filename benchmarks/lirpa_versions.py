@@ -6,7 +6,7 @@ started with either and runs itself as a worker in both through ``subprocess``):
 - nets: the seeds' CIFAR architecture (``cifar_cnn``, 3x32x32, 10 classes) and CROWN-IBP's
   ``cnn_4layer`` CNN from the zoo (``crown-ibp/cnn_4layer``, CIFAR normalization inside), both
   with seeded random weights (scaled down so that some points certify), on seeded random inputs;
-- certifiers: ibp, crown-ibp, crown, alpha-crown (``iterations=5``), standard guarantee, L-inf;
+- certifiers: ibp, crown-ibp, crown, alpha-crown (``iterations=3``), standard guarantee, L-inf;
 - per (net, certifier): seconds per instance (median of ``--repeats`` runs, the conversion built
   beforehand), points certified, and the certified margins.
 
@@ -67,8 +67,10 @@ def worker(args: argparse.Namespace) -> None:
         torch.manual_seed(1)
         x_all = torch.rand(args.batch, 3, 32, 32)
         for method in METHODS:
+            if method == "alpha-crown" and net == "cifar_cnn":
+                continue  # measured: 20 GB and over 15 min for one point on 2 CPU cores (patches mode)
             x = x_all[: args.crown_batch] if method in ("crown", "alpha-crown") else x_all
-            options = {"iterations": 5} if method == "alpha-crown" else {}
+            options = {"iterations": 3} if method == "alpha-crown" else {}
             certifier = CERTIFIERS.create(method, **options)
             started = time.perf_counter()
             rp.certify(model, x[:1], eps, "inf", certifier, "standard", radius=False)  # conversion
