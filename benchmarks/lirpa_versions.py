@@ -86,6 +86,34 @@ def worker(args: argparse.Namespace) -> None:
     print(json.dumps(out))
 
 
+def fingerprint_cost(threads: int) -> str:
+    """The conversion cache's validity check (``relaxplug.lirpa.Fingerprint.matches``) against a
+    forward pass of the seeds' CIFAR net on a batch of 1024 (best of several runs each)."""
+    import torch
+
+    from relaxplug import lirpa as glue
+    from relaxplug.models.architectures import build_model
+
+    torch.set_num_threads(threads)
+    model = build_model("cifar_cnn", (3, 32, 32), 10).eval()
+    x = torch.rand(1024, 3, 32, 32)
+    fingerprint = glue.Fingerprint(model)
+
+    def best(fn, runs: int) -> float:
+        samples = []
+        for _ in range(runs):
+            started = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - started)
+        return min(samples)
+
+    with torch.no_grad():
+        forward = best(lambda: model(x), 3)
+    check = best(lambda: fingerprint.matches(model), 10)
+    return (f"cache check: {check * 1e3:.1f} ms against a forward pass of {forward:.2f} s (cifar_cnn, batch 1024): "
+            f"{100 * check / forward:.2f}%")
+
+
 def _run(python: str, args: argparse.Namespace) -> dict:
     command = [python, __file__, "--worker", "--batch", str(args.batch), "--crown-batch", str(args.crown_batch),
                "--repeats", str(args.repeats), "--threads", str(args.threads)]
@@ -135,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{b['s_per_instance'] / a['s_per_instance']:>6.2f} {a['certified']:>8} {b['certified']:>8} {diff:>9.2e}")
     print("conversion seconds (0.3 / 0.7): " + ", ".join(
         f"{a['net']} {a['method']} {a['build_s']:.2f}/{b['build_s']:.2f}" for a, b in zip(old["rows"], new["rows"])))
+    print(fingerprint_cost(args.threads))
     if disagree:
         print("MARGINS DISAGREE where the methods are the same:\n  " + "\n  ".join(disagree))
         return 1
