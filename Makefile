@@ -8,7 +8,16 @@ STAMP := $(VENV)/.relaxplug-installed
 # torch/torchvision: the machine's local CUDA builds (see README, "Installation").
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test test-slow bench bench-soundness clean
+# auto_LiRPA release: 0.3 (the package index's, default) or 0.7 (the maintained source release,
+# installed from LIRPA_SRC into its own venv, LIRPA07_VENV; docs/lirpa.md). `make test LIRPA=0.7`
+# runs the bound-propagation tests (marker `lirpa`) on 0.7.1.
+LIRPA ?= 0.3
+LIRPA_SRC ?= $(firstword $(wildcard ../shared/vendor/auto_LiRPA-0.7.1-src.tar.gz))
+LIRPA07_VENV ?= .venv-lirpa07
+LIRPA07_PY := $(LIRPA07_VENV)/bin/python
+LIRPA07_STAMP := $(LIRPA07_VENV)/.relaxplug-installed
+
+.PHONY: install install-lirpa07 demo test test-lirpa07 test-slow bench bench-lirpa bench-soundness clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,13 +34,42 @@ $(STAMP): $(PY) pyproject.toml
 	$(PIP) install --quiet --no-deps robustbench==1.1.1
 	touch $(STAMP)
 
+# the same set-up, with auto_LiRPA 0.7.1 from source instead of 0.3 (its setup.py pins torch<2.9
+# and test-only packages: installed without its dependency list, plus its runtime imports)
+$(LIRPA07_STAMP): pyproject.toml
+	@test -n "$(LIRPA_SRC)" || { echo "LIRPA=0.7 needs LIRPA_SRC=<auto_LiRPA 0.7.1 source (tar.gz or folder)>"; exit 2; }
+	$(PYTHON) -m venv $(LIRPA07_VENV)
+	$(LIRPA07_PY) -m pip install --quiet --upgrade pip
+	$(LIRPA07_PY) -m pip install --quiet $(TORCH_SPEC)
+	$(LIRPA07_PY) -m pip install --quiet -e '.[test,lirpa]'
+	$(LIRPA07_PY) -m pip install --quiet --no-deps $(LIRPA_SRC)
+	$(LIRPA07_PY) -m pip install --quiet appdirs packaging graphviz ninja tqdm pyyaml
+	touch $(LIRPA07_STAMP)
+
+install-lirpa07: $(LIRPA07_STAMP)
+
+ifeq ($(LIRPA),0.3)
 install: $(STAMP)
+else ifeq ($(LIRPA),0.7)
+install: $(LIRPA07_STAMP)
+else
+install:
+	@echo "LIRPA must be 0.3 or 0.7, got $(LIRPA)"; exit 2
+endif
 
 demo: $(STAMP)
 	$(VENV)/bin/relaxplug demo --out out/demo
 
+ifeq ($(LIRPA),0.7)
+test: test-lirpa07
+else
 test: $(STAMP)
 	$(PY) -m pytest -q
+endif
+
+# the bound-propagation tests on auto_LiRPA 0.7.1
+test-lirpa07: $(LIRPA07_STAMP)
+	$(LIRPA07_PY) -m pytest -q -m lirpa
 
 test-slow: $(STAMP)
 	RELAXPLUG_RUN_SLOW=1 $(PY) -m pytest -q
@@ -42,9 +80,13 @@ bench: $(STAMP)
 	$(PY) benchmarks/spec_cost.py
 	$(PY) benchmarks/lipschitz_bounds.py
 
+# ibp, crown-ibp, crown, alpha-crown on auto_LiRPA 0.3 and 0.7.1, side by side (docs/lirpa.md)
+bench-lirpa: $(STAMP) $(LIRPA07_STAMP)
+	$(PY) benchmarks/lirpa_versions.py --python-07 $(LIRPA07_PY)
+
 # the full soundness sweep (the test suite runs its fast mode)
 bench-soundness: $(STAMP)
 	$(PY) benchmarks/soundness_sweep.py
 
 clean:
-	rm -rf $(VENV) out build *.egg-info
+	rm -rf $(VENV) $(LIRPA07_VENV) out build *.egg-info

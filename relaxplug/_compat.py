@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.metadata
 import importlib.util
 import inspect
+import itertools
 import logging
 import os
 import sys
@@ -41,7 +43,10 @@ __all__ = [
     "ROBUSTBENCH_INSTALL_HINT",
     "SHIMS",
     "Shim",
+    "LIRPA_03_API_UNTIL",
     "apply_shims",
+    "installed_version",
+    "parse_version",
     "import_auto_lirpa",
     "import_robustbench",
     "onnx_shape_inference",
@@ -60,8 +65,15 @@ AUTO_LIRPA_INSTALL_HINT = (
     "the bound-propagation certifiers (ibp, crown-ibp, crown, alpha-crown) need auto_LiRPA. Its only release "
     "on the package index, 0.3, pins torch<1.13 in its metadata, so install it without its pins: "
     "`pip install --no-deps auto-lirpa==0.3 && pip install tqdm appdirs packaging` "
-    "(`make install` does this); relaxplug restores the APIs it needs at import time"
+    "(`make install` does this); relaxplug restores the APIs it needs at import time. The maintained "
+    "release (0.7.1, source only) is supported too: `pip install --no-deps <auto_LiRPA source> && "
+    "pip install appdirs packaging graphviz ninja tqdm pyyaml` (`make install LIRPA=0.7`)"
 )
+
+#: auto_LiRPA's shims restore APIs that 0.3 (2022) uses and that later releases no longer call
+#: (0.7.1 calls ``_node_get``, passes ``remove_duplicate``, has ``Patches.device`` and its own ReLU
+#: alpha handling): they are only considered for versions older than this one
+LIRPA_03_API_UNTIL = "0.4"
 
 ROBUSTBENCH_INSTALL_HINT = (
     "RobustBench models need robustbench 1.1.1 and its imports: `pip install 'setuptools<81' "
@@ -73,39 +85,76 @@ ROBUSTBENCH_INSTALL_HINT = (
 @dataclass(frozen=True)
 class Shim:
     """One shim: ``apply()`` installs a missing API and returns ``True``, or returns ``False``
-    when the API is already there (it is then left untouched)."""
+    when the API is already there (it is then left untouched). ``before``: the shim is only
+    considered for installed versions of ``package`` older than this one (``None``: any version);
+    releases that no longer use the API never get it, even where the API is missing."""
 
     package: str
     stage: str  # "pre" (before importing the package) or "post" (after)
     name: str
     apply: Callable[[], bool]
+    before: tuple[int, ...] | None = None
 
 
 #: every shim, in the order it is applied
 SHIMS: list[Shim] = []
 
 
-def register_shim(package: str, stage: str) -> Callable[[Callable[[], bool]], Callable[[], bool]]:
-    """Decorator adding ``function`` to :data:`SHIMS` for ``package`` at ``stage`` (pre/post)."""
+def register_shim(package: str, stage: str, before: str | None = None) -> Callable[[Callable[[], bool]], Callable[[], bool]]:
+    """Decorator adding ``function`` to :data:`SHIMS` for ``package`` at ``stage`` (pre/post),
+    only for versions of ``package`` older than ``before`` when given (e.g. ``"0.4"``)."""
     if stage not in ("pre", "post"):
         raise ValueError(f"stage must be 'pre' or 'post', got {stage!r}")
+    limit = parse_version(before) if before is not None else None
 
     def decorator(function: Callable[[], bool]) -> Callable[[], bool]:
-        SHIMS.append(Shim(package, stage, function.__name__, function))
+        SHIMS.append(Shim(package, stage, function.__name__, function, limit))
         return function
 
     return decorator
 
 
+def parse_version(text: str) -> tuple[int, ...]:
+    """``"0.7.1"`` -> ``(0, 7, 1)``: the leading numeric release components (``"0.3.dev1"`` -> ``(0, 3)``)."""
+    parts = []
+    for piece in str(text).split("."):
+        digits = "".join(itertools.takewhile(str.isdigit, piece))
+        if not digits:
+            break
+        parts.append(int(digits))
+        if digits != piece:
+            break
+    if not parts:
+        raise ValueError(f"not a version number: {text!r}")
+    return tuple(parts)
+
+
+def installed_version(package: str) -> tuple[int, ...] | None:
+    """The installed distribution's version of the importable ``package``, read from its metadata
+    without importing it; ``None`` when it is not installed."""
+    if importlib.util.find_spec(package) is None:
+        return None
+    names = importlib.metadata.packages_distributions().get(package, [package])
+    for name in names:
+        try:
+            return parse_version(importlib.metadata.version(name))
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
 def apply_shims(package: str, stage: str) -> list[str]:
-    """Apply the shims of ``package`` at ``stage``; return the names of those that installed."""
-    return [s.name for s in SHIMS if s.package == package and s.stage == stage and s.apply()]
+    """Apply the shims of ``package`` at ``stage`` that its installed version may need; return the
+    names of those that installed."""
+    version = installed_version(package)
+    return [s.name for s in SHIMS if s.package == package and s.stage == stage
+            and (s.before is None or version is None or version < s.before) and s.apply()]
 
 
 # ----------------------------------------------------------------------------- auto_LiRPA, pre-import
 
 
-@register_shim("auto_LiRPA", "pre")
+@register_shim("auto_LiRPA", "pre", before=LIRPA_03_API_UNTIL)
 def shim_numpy_arraysetops() -> bool:
     """``numpy.lib.arraysetops`` (made private in numpy 2): a module exposing ``isin`` & co.
 
@@ -146,7 +195,7 @@ def _onnx_globals():
     raise ImportError("cannot find torch's ONNX exporter GLOBALS to set the opset version")
 
 
-@register_shim("auto_LiRPA", "pre")
+@register_shim("auto_LiRPA", "pre", before=LIRPA_03_API_UNTIL)
 def shim_set_opset_version() -> bool:
     """``torch.onnx.symbolic_helper._set_opset_version`` (removed in torch 2.x): sets
     ``GLOBALS.export_onnx_opset_version`` of torch's TorchScript ONNX exporter."""
@@ -161,7 +210,7 @@ def shim_set_opset_version() -> bool:
     return True
 
 
-@register_shim("auto_LiRPA", "pre")
+@register_shim("auto_LiRPA", "pre", before=LIRPA_03_API_UNTIL)
 def shim_node_getitem() -> bool:
     """``torch._C.Node.__getitem__`` (removed with torch.onnx.utils' monkey patch): ``node[name]``
     reads attribute ``name`` with the accessor its kind names (``node.kindOf(name)``: f, i, s, t, ...)."""
@@ -217,7 +266,7 @@ def _named_members_wrapper(original: Callable) -> Callable:
     return _named_members
 
 
-@register_shim("auto_LiRPA", "post")
+@register_shim("auto_LiRPA", "post", before=LIRPA_03_API_UNTIL)
 def shim_bounded_module_named_members() -> bool:
     """``BoundedModule._named_members`` (and ``BoundDataParallel``'s) must accept torch's newer
     ``remove_duplicate`` argument, which ``named_parameters()`` and ``named_buffers()`` pass."""
@@ -235,7 +284,7 @@ def shim_bounded_module_named_members() -> bool:
     return installed
 
 
-@register_shim("auto_LiRPA", "post")
+@register_shim("auto_LiRPA", "post", before=LIRPA_03_API_UNTIL)
 def shim_patches_device() -> bool:
     """``Patches.device`` (used by CROWN in ``patches`` conv mode): the device of its tensor."""
     module = sys.modules.get("auto_LiRPA.patches")
@@ -256,25 +305,35 @@ def _clamp_has_boundary_gradient() -> bool:
     return bool((value.grad == 1).all())
 
 
-def _clamp_unit_inclusive(alpha):
-    """``clamp(alpha, 0, 1)`` whose gradient is 1 on the closed interval ``[0, 1]`` (0 outside), as
-    ``torch.clamp``'s was when auto_LiRPA 0.3 was written."""
+def _clamp_unit_inclusive(alpha, low: float = 0.0):
+    """``clamp(alpha, low, 1)`` whose gradient is 1 on the closed interval ``[low, 1]`` (0 outside),
+    as ``torch.clamp``'s was when auto_LiRPA 0.3 was written."""
     import torch
 
-    return torch.where((alpha >= 0) & (alpha <= 1), alpha, alpha.clamp(min=0.0, max=1.0))
+    return torch.where((alpha >= low) & (alpha <= 1), alpha, alpha.clamp(min=low, max=1.0))
 
 
-def _relu_mask_alpha(lower, upper, lb_lower_d, ub_lower_d):
-    # auto_LiRPA 0.3's BoundRelu._relu_mask_alpha with _clamp_unit_inclusive for torch.clamp
+def _relu_mask_alpha(lower, upper, lb_lower_d, ub_lower_d, leaky_alpha: float = 0):
+    # auto_LiRPA's BoundRelu._relu_mask_alpha (0.3; 0.7 added leaky_alpha) with _clamp_unit_inclusive
+    # for torch.clamp
     lower_mask = (lower >= 0).requires_grad_(False).to(lower.dtype)
     upper_mask = (upper <= 0).requires_grad_(False)
-    zero_coeffs = upper_mask.all()
+    zero_coeffs = False if leaky_alpha > 0 else upper_mask.all()
     no_mask = (1.0 - lower_mask) * (1.0 - upper_mask.to(upper.dtype))
     if lb_lower_d is not None:
-        lb_lower_d = _clamp_unit_inclusive(lb_lower_d) * no_mask + lower_mask
+        lb_lower_d = _clamp_unit_inclusive(lb_lower_d, leaky_alpha) * no_mask + lower_mask
+        if leaky_alpha > 0:
+            lb_lower_d = lb_lower_d + upper_mask * leaky_alpha
     if ub_lower_d is not None:
-        ub_lower_d = _clamp_unit_inclusive(ub_lower_d) * no_mask + lower_mask
+        ub_lower_d = _clamp_unit_inclusive(ub_lower_d, leaky_alpha) * no_mask + lower_mask
+        if leaky_alpha > 0:
+            ub_lower_d = ub_lower_d + upper_mask * leaky_alpha
     return lb_lower_d, ub_lower_d, zero_coeffs
+
+
+#: the signatures of ``BoundRelu._relu_mask_alpha`` the shim reproduces (0.3's, then 0.7's)
+_RELU_MASK_SIGNATURES = (["lower", "upper", "lb_lower_d", "ub_lower_d"],
+                         ["lower", "upper", "lb_lower_d", "ub_lower_d", "leaky_alpha"])
 
 
 @register_shim("auto_LiRPA", "post")
@@ -284,15 +343,19 @@ def shim_relu_alpha_gradient() -> bool:
     auto_LiRPA 0.3 starts every alpha at CROWN's slope (exactly 0 or 1), clips alphas back to
     ``[0, 1]`` after each step, and reads them through ``torch.clamp(alpha, 0, 1)``. Current torch
     gives ``clamp`` a zero gradient at its bounds, so no alpha ever moves and alpha-CROWN returns
-    CROWN's bounds. Installed only when torch's ``clamp`` behaves so and auto_LiRPA's
-    ``BoundRelu._relu_mask_alpha`` has 0.3's signature; the replacement computes the same values.
+    CROWN's bounds. 0.7.1 reads them the same way (its ``leaky_alpha`` added as the lower clamp
+    bound), so it needs the shim as well (measured: without it 0.7.1's alpha-CROWN equals CROWN).
+    Installed only when torch's ``clamp`` behaves so and auto_LiRPA's ``BoundRelu._relu_mask_alpha``
+    has 0.3's or 0.7's signature; the replacement computes the same values.
     """
-    module = sys.modules.get("auto_LiRPA.operators.activation")
-    cls = getattr(module, "BoundRelu", None) if module is not None else None
+    cls = None
+    for name in ("auto_LiRPA.operators.activation", "auto_LiRPA.operators.relu"):
+        module = sys.modules.get(name)
+        cls = cls or (vars(module).get("BoundRelu") if module is not None else None)
     original = vars(cls).get("_relu_mask_alpha") if cls is not None else None
     if not isinstance(original, staticmethod) or getattr(original.__func__, "_relaxplug_shim", False):
         return False
-    if list(inspect.signature(original.__func__).parameters) != ["lower", "upper", "lb_lower_d", "ub_lower_d"]:
+    if list(inspect.signature(original.__func__).parameters) not in _RELU_MASK_SIGNATURES:
         return False
     if _clamp_has_boundary_gradient():
         return False

@@ -131,10 +131,10 @@ def _known_certifiers() -> list[str]:
 
 def _load_optional_certifiers() -> None:
     """Register the bound-propagation certifiers (their module imports auto_LiRPA lazily)."""
-    try:
+    import importlib.util
+
+    if importlib.util.find_spec("auto_LiRPA") is not None:  # only auto_LiRPA's absence is tolerated
         from relaxplug.certifiers import lirpa  # noqa: F401
-    except ImportError:
-        pass
 
 
 def _add_common_eval(parser: argparse.ArgumentParser, model_sources: bool = False) -> None:

@@ -6,6 +6,7 @@ list of known ones, so the CLI and configs can resolve everything by name.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Generic, Iterator, TypeVar
 
 T = TypeVar("T")
@@ -35,6 +36,17 @@ class Registry(Generic[T]):
         if name in self._entries:
             raise ValueError(f"{self.kind} {name!r} is already registered")
         self._entries[name] = constructor
+
+    @contextlib.contextmanager
+    def registered(self, name: str, constructor: Callable[..., T]) -> Iterator[Callable[..., T]]:
+        """Register ``constructor`` under ``name`` for the duration of a ``with`` block (tests,
+        experiments); the name must be free, and is removed again on exit."""
+        self.add(name, constructor)
+        try:
+            yield constructor
+        finally:
+            if self._entries.get(name) is constructor:
+                del self._entries[name]
 
     def get(self, name: str) -> Callable[..., T]:
         try:

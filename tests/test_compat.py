@@ -265,3 +265,38 @@ def test_import_auto_lirpa_missing_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "auto_LiRPA", None)
     with pytest.raises(ImportError, match=r"pip install --no-deps auto-lirpa==0\.3"):
         import_auto_lirpa()
+
+
+def test_version_gated_shims_apply_only_to_older_releases(monkeypatch):
+    calls = []
+    shim = _compat.Shim("fakepkg", "pre", "shim_fake", lambda: calls.append(1) or True, _compat.parse_version("0.4"))
+    monkeypatch.setattr(_compat, "SHIMS", [shim])
+    monkeypatch.setattr(_compat, "installed_version", lambda package: (0, 7, 1))
+    assert _compat.apply_shims("fakepkg", "pre") == [] and calls == []
+    monkeypatch.setattr(_compat, "installed_version", lambda package: (0, 3))
+    assert _compat.apply_shims("fakepkg", "pre") == ["shim_fake"] and calls == [1]
+
+
+def test_parse_version():
+    assert _compat.parse_version("0.7.1") == (0, 7, 1)
+    assert _compat.parse_version("0.3") == (0, 3)
+    assert _compat.parse_version("0.3.dev1") == (0, 3)
+    with pytest.raises(ValueError):
+        _compat.parse_version("dev")
+
+
+def test_the_installed_auto_lirpa_gets_only_the_shims_its_version_needs():
+    """Run in a fresh interpreter: on 0.7.x no 0.3-era shim is installed."""
+    import subprocess
+    import sys
+
+    code = ("import relaxplug._compat as c, warnings; warnings.simplefilter('ignore');"
+            "v = c.installed_version('auto_LiRPA'); pre = c.apply_shims('auto_LiRPA', 'pre');"
+            "import auto_LiRPA; post = c.apply_shims('auto_LiRPA', 'post'); print(v, '|', sorted(pre + post))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    version, _, applied = (part.strip() for part in done.stdout.strip().partition("|"))
+    if version.startswith("(0, 3"):
+        assert "shim_set_opset_version" in applied and "shim_bounded_module_named_members" in applied
+    else:
+        assert applied in ("[]", "['shim_relu_alpha_gradient']"), applied

@@ -1,11 +1,11 @@
-"""Certifiers by name. Each returns lower bounds on pairwise logit margins (DESIGN.md)."""
+"""Certifiers by name. Each returns lower bounds on pairwise logit margins."""
+
+import importlib.util
 
 from relaxplug.certifiers.base import CERTIFIERS, Certifier, get_certifier, list_certifiers, register_certifier
 from relaxplug.certifiers.gloro import GloRoCertifier
 
-try:  # the bound-propagation certifiers import auto_LiRPA lazily; register them when present
-    from relaxplug.certifiers import lirpa as _lirpa  # noqa: F401
-except ImportError:
-    pass
+if importlib.util.find_spec("auto_LiRPA") is not None:  # register the bound-propagation certifiers when
+    from relaxplug.certifiers import lirpa  # noqa: F401  # auto_LiRPA is installed (imported lazily)
 
 __all__ = ["CERTIFIERS", "Certifier", "GloRoCertifier", "get_certifier", "list_certifiers", "register_certifier"]

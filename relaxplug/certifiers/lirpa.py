@@ -1,67 +1,47 @@
 """Bound-propagation certifiers through auto_LiRPA (Xu et al. 2020): ``ibp``, ``crown-ibp``, ``crown``,
 ``alpha-crown``.
 
-Every certifier bounds the logit margins a guarantee asks for (DESIGN.md): the lower bound of
-``C @ f(x')`` over the ``norm``-ball, where each row of the spec matrix ``C`` is
-``e_{o_r} - e_{o_s}`` for a candidate rank ``r`` and an opponent rank ``s > r``. Only the rows a
-request needs are built (``MarginRequest.needed_rows``: at most ``K n - K(K+1)/2`` per point, fewer
-for affinity guarantees), padded with zero rows to the batch's largest count, and bounded in
-chunks of rows (one ``compute_bounds`` per chunk; CROWN's intermediate-layer bounds are computed
-once and reused by the later chunks), so memory stays bounded for 100-200 classes.
+Every certifier bounds the logit margins a guarantee asks for: the lower bound of ``C @ f(x')``
+over the ``norm``-ball, where each row of the spec matrix ``C`` is ``e_{o_r} - e_{o_s}`` for a
+candidate rank ``r`` and an opponent rank ``s > r`` (:mod:`relaxplug.lirpa.spec`). Only the rows a
+request needs are built, padded to the batch's largest count, and bounded in chunks of rows (one
+``compute_bounds`` per chunk; CROWN's intermediate-layer bounds are computed once and reused by
+the later chunks), so memory stays bounded for 100-200 classes.
 
 ``spec="logit"`` instead bounds logits one at a time (lower bounds of the ``K`` candidates, upper
 bounds of the ``n - 1`` others: ``K + n - 1`` one-sided rows) and combines ``lower_j - upper_i``:
 looser, but much cheaper when ``K n`` pair rows outnumber them.
 
-Before bounding, the model is *lowered*: every submodule with a ``lirpa_form(input_shape)``
-(:class:`relaxplug.models.layers.MinMax`, :class:`relaxplug.models.layers.InvertibleDownsample`) is replaced by
-that exact rewrite in a private deep copy, which is checked against the original on an example
-input. The ``BoundedModule`` is cached per (model, input shape, device, dtype, conv mode) and
-rebuilt whenever the model's parameters or buffers differ from the copy it was built from, so
-it is never stale. Bounds are computed in the model's dtype; the allowance of
-:func:`relaxplug.certifiers.base.rounding_allowance` (scaled by the size of the bound's
-perturbation term) is subtracted from each of them.
-
-L2 balls: auto_LiRPA 0.3 represents an L2 input as the point interval ``(x, x)`` tagged with the
-perturbation, and only linear and convolution layers read the tag. A model whose input first
-meets any other layer (an activation, a residual ``add``, ``sub``/``div``) would be bounded as if
-the ball were a point: attacks break such certificates, for IBP, CROWN-IBP and CROWN alike. Such
-models are bounded behind a fixed identity linear layer instead (sound; IBP slightly looser);
-see :func:`_l2_input_is_safe`. :class:`relaxplug.models.layers.Normalize` (no ``lirpa_form``) is
-lowered to a diagonal affine map, on which auto_LiRPA's CROWN also works.
+The model is converted by :func:`relaxplug.lirpa.bounded_module` (exact lowering, the L2 input
+guard, a cache valid only for the exact computation, refusal of data-dependent control flow and
+batch mixing); every batch is checked against the converted copy, and every bound is lowered by
+the floating-point allowance of :mod:`relaxplug.lirpa.tolerance` (intermediate magnitudes) and
+:func:`relaxplug.certifiers.base.rounding_allowance`. Both auto_LiRPA 0.3 and 0.7.x work; their API
+differences live in :mod:`relaxplug.lirpa.api`.
 
 Importing this module registers the certifiers when auto_LiRPA is installed and raises
-``ImportError`` (with the install command) otherwise; auto_LiRPA itself, with the shims of
-:mod:`relaxplug._compat`, is imported on first use.
+``ImportError`` (with the install command) otherwise.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import importlib.util
-import io
-import logging
 import math
-import warnings
-import weakref
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from relaxplug._compat import AUTO_LIRPA_INSTALL_HINT, import_auto_lirpa, onnx_shape_inference
+from relaxplug import lirpa as glue
 from relaxplug.adapters import Guarantee, MarginRequest
-from relaxplug.models.layers import Normalize
+from relaxplug.lirpa import api
+from relaxplug.lirpa.cache import Bounded
+from relaxplug.lirpa.spec import spec_matrix, spec_rows
+from relaxplug.lirpa.tolerance import error_model
 
 from relaxplug.certifiers.base import Certifier, register_certifier, rounding_allowance
 
-if importlib.util.find_spec("auto_LiRPA") is None:  # checked without importing it
-    raise ImportError(f"auto_LiRPA is not installed: {AUTO_LIRPA_INSTALL_HINT}", name="auto_LiRPA")
-
-logger = logging.getLogger(__name__)
+if not glue.available():  # checked without importing it
+    raise ImportError(f"auto_LiRPA is not installed: {glue.AUTO_LIRPA_INSTALL_HINT}", name="auto_LiRPA")
 
 __all__ = [
     "LirpaCertifier",
@@ -69,12 +49,6 @@ __all__ = [
     "CrownIBPCertifier",
     "CrownCertifier",
     "AlphaCrownCertifier",
-    "SpecRows",
-    "spec_rows",
-    "spec_matrix",
-    "lower_for_lirpa",
-    "bounded_module",
-    "clear_cache",
     "DEFAULT_CHUNK_ELEMENTS",
 ]
 
@@ -87,333 +61,6 @@ CUDA_CHUNK_FACTOR = 8
 
 SPEC_MODES = ("pairwise", "anchor", "logit")
 CONV_MODES = ("patches", "matrix")
-
-
-# ----------------------------------------------------------------------------- spec rows
-
-
-@dataclass(frozen=True)
-class SpecRows:
-    """The pairs a request needs, per point: row ``t`` of point ``b`` bounds
-    ``f_{o_r} - f_{o_s}`` with ``r = rank_row[b, t]``, ``s = rank_col[b, t]``; rows with
-    ``valid[b, t] = False`` pad the batch to a common row count and are ignored.
-
-    Shape: all ``(B, R)`` with ``R`` the largest per-point count of needed pairs.
-    """
-
-    rank_row: Tensor
-    rank_col: Tensor
-    valid: Tensor
-
-    @property
-    def rows(self) -> int:
-        return int(self.rank_row.shape[1])
-
-
-def spec_rows(request: MarginRequest, n_classes: int) -> SpecRows:
-    """Needed pairs ``(r, s)``: ``s > r`` and ``request.needed_rows()[b, r]``, compacted per point."""
-    needed = request.needed_rows()
-    k = request.n_candidates
-    device = needed.device
-    r, s = torch.triu_indices(k, n_classes, offset=1, device=device)  # every r < K, s > r
-    valid = needed[:, r]  # (B, P)
-    if valid.shape[0] == 0:
-        empty = torch.zeros(0, 0, dtype=torch.long, device=device)
-        return SpecRows(empty, empty, empty.bool())
-    width = int(valid.sum(dim=1).max())
-    # needed pairs first, in (r, s) order; then padding
-    perm = torch.sort((~valid).to(torch.int8), dim=1, stable=True).indices[:, :width]
-    return SpecRows(r[perm], s[perm], valid.gather(1, perm))
-
-
-def spec_matrix(order: Tensor, rows: SpecRows, start: int, stop: int, dtype: torch.dtype) -> Tensor:
-    """``(B, stop - start, n)`` spec matrix of rows ``start:stop``: ``e_{o_r} - e_{o_s}``, zero rows
-    for padding."""
-    batch, n = order.shape
-    j = order.gather(1, rows.rank_row[:, start:stop])
-    i = order.gather(1, rows.rank_col[:, start:stop])
-    value = rows.valid[:, start:stop].to(dtype)[..., None]
-    c = torch.zeros(batch, stop - start, n, dtype=dtype, device=order.device)
-    c.scatter_(2, j[..., None], value)
-    c.scatter_(2, i[..., None], -value)
-    return c
-
-
-# ----------------------------------------------------------------------------- lowering and cache
-
-
-def _norm_value(norm: float) -> float:
-    return math.inf if float(norm) == math.inf else float(norm)
-
-
-class _AffineForm(nn.Module):
-    """``x * scale + shift`` per channel (dim 1) as a fixed diagonal linear map or 1x1 convolution,
-    so auto_LiRPA sees a plain ``linear``/``conv`` (used for :class:`relaxplug.models.layers.Normalize`,
-    which has no ``lirpa_form``, and, with ``scale = 1``, as the identity prefix of the L2 guard)."""
-
-    def __init__(self, input_shape: Sequence[int], scale: Tensor, shift: Tensor | None):
-        super().__init__()
-        channels = int(input_shape[0])
-        scale = scale.detach().reshape(-1).expand(channels)
-        weight = torch.diag(scale.clone())
-        self.spatial = len(input_shape) == 3
-        if self.spatial:
-            weight = weight[:, :, None, None]
-        elif len(input_shape) != 1:
-            raise ValueError(f"supports (C,) or (C, H, W) inputs, got {tuple(input_shape)}")
-        self.register_buffer("weight", weight.contiguous())
-        # a (zero) bias keeps dense maps a ``Gemm``/BoundLinear node (a bias-free one traces to MatMul)
-        bias = torch.zeros(channels, dtype=weight.dtype) if shift is None else shift.detach().reshape(-1).expand(channels)
-        self.register_buffer("bias", bias.clone())
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.spatial:
-            return F.conv2d(x, self.weight, self.bias)
-        return F.linear(x, self.weight, self.bias)
-
-
-def _fallback_form(module: nn.Module, input_shape: Sequence[int]) -> nn.Module | None:
-    """Exact rewrites for relaxplug layers without a ``lirpa_form`` (auto_LiRPA 0.3's CROWN fails
-    on Normalize's broadcast ``sub``/``div``)."""
-    if isinstance(module, Normalize) and len(input_shape) in (1, 3):
-        return _AffineForm(input_shape, 1.0 / module.std, -module.mean / module.std)
-    return None
-
-
-def lower_for_lirpa(model: nn.Module, example: Tensor) -> nn.Module:
-    """A deep copy of ``model`` in eval mode with every submodule that has ``lirpa_form`` replaced
-    by ``lirpa_form(input_shape)`` (its exact auto_LiRPA-friendly rewrite; ``Normalize`` becomes
-    a diagonal affine map).
-
-    Input shapes come from a forward-hook pass on ``example`` (``(B, ...)``). The copy is checked
-    against ``model`` on ``example``; a mismatch raises ``RuntimeError``.
-    """
-    lowered, _, _ = _lower(model, example)
-    return lowered
-
-
-def _lower(model: nn.Module, example: Tensor) -> tuple[nn.Module, int, int]:
-    """Returns ``(lowered copy, widest activation per point, input width of the last module)``."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    widths: list[int] = []
-    last_input = [0]
-    handles = []
-
-    def record_shape(name: str):
-        def hook(module, inputs):
-            shape = tuple(int(d) for d in inputs[0].shape[1:])
-            if shapes.setdefault(name, shape) != shape:
-                raise ValueError(f"module {name or type(module).__name__} is called on inputs of shapes "
-                                 f"{shapes[name]} and {shape}; its lirpa_form needs one shape")
-        return hook
-
-    def record_width(module, inputs, output):
-        if isinstance(output, Tensor):
-            widths.append(output[0].numel())
-        if inputs and isinstance(inputs[0], Tensor):
-            last_input[0] = inputs[0][0].numel()
-
-    was_training = model.training
-    model.eval()
-    try:
-        for name, module in model.named_modules():
-            if callable(getattr(module, "lirpa_form", None)) or isinstance(module, Normalize):
-                handles.append(module.register_forward_pre_hook(record_shape(name)))
-            if not any(True for _ in module.children()):
-                handles.append(module.register_forward_hook(record_width))
-        with torch.no_grad():
-            reference = model(example)
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
-
-    lowered = copy.deepcopy(model).eval()
-    done: list[str] = []
-    for name in sorted(shapes, key=lambda name: name.count(".") if name else -1):  # outermost first
-        if any(d == "" or name == d or name.startswith(d + ".") for d in done):
-            continue  # inside a module that was already rewritten
-        module = lowered.get_submodule(name)
-        form = module.lirpa_form(shapes[name]) if callable(getattr(module, "lirpa_form", None)) \
-            else _fallback_form(module, shapes[name])
-        if form is None:
-            continue
-        form = form.to(device=example.device, dtype=example.dtype).eval()
-        if name == "":
-            lowered = form
-        else:
-            parent, _, child = name.rpartition(".")
-            setattr(lowered.get_submodule(parent), child, form)
-        done.append(name)
-
-    with torch.no_grad():
-        out = lowered(example)
-    scale = float(reference.detach().abs().max()) if reference.numel() else 0.0
-    tol = (1e-9 if example.dtype == torch.float64 else 1e-4) * (1.0 + scale)
-    if out.shape != reference.shape or not torch.allclose(out, reference, rtol=0.0, atol=tol):
-        raise RuntimeError("the auto_LiRPA form of the model (lirpa_form rewrites) does not reproduce its "
-                           "output; a layer's lirpa_form is not exact")
-    width = max(widths, default=int(example[0].numel()))
-    return lowered, max(width, int(example[0].numel())), max(last_input[0], 1)
-
-
-class _IdentityPrefix(nn.Module):
-    """``model(I x)`` with ``I`` a fixed identity linear map (1x1 convolution on images)."""
-
-    def __init__(self, input_shape: Sequence[int], model: nn.Module, like: Tensor):
-        super().__init__()
-        shape = tuple(input_shape)
-        if len(shape) not in (1, 3):
-            raise ValueError(f"cannot guard L2 inputs of shape {shape}: only (d,) and (C, H, W) are supported")
-        self.identity = _AffineForm(shape, torch.ones(shape[0], dtype=like.dtype), None).to(like)
-        self.model = model
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.model(self.identity(x))
-
-
-#: auto_LiRPA node types that read an L2 input perturbation correctly (first argument only) and
-#: shape-only nodes that pass it on unchanged (norm preserving)
-_L2_READERS = frozenset({"BoundLinear", "BoundConv"})
-_L2_PASSERS = frozenset({"BoundFlatten", "BoundReshape"})
-
-
-def _l2_input_is_safe(bounded) -> bool:
-    """Whether every use of the perturbed input reads it through a linear or convolution layer.
-
-    auto_LiRPA 0.3 represents an L2 input as the degenerate interval ``(x, x)`` tagged with the
-    perturbation; only ``linear``/``conv`` read the tag. Any other node fed by the input (an
-    activation, ``add`` of a residual, ``sub``/``div``, ...) bounds it as if the ball were a point,
-    which is unsound. Such models are bounded behind a fixed identity layer instead.
-    """
-    nodes = list(bounded._modules.values())
-    users: dict[int, list[tuple[Any, int]]] = {}
-    for node in nodes:
-        for index, parent in enumerate(getattr(node, "inputs", []) or []):
-            users.setdefault(id(parent), []).append((node, index))
-    stack = [n for n in nodes if type(n).__name__ == "BoundInput"]
-    while stack:
-        node = stack.pop()
-        for user, index in users.get(id(node), []):
-            kind = type(user).__name__
-            if kind in _L2_READERS and index == 0:
-                continue
-            if kind in _L2_PASSERS and index == 0:
-                stack.append(user)
-                continue
-            return False
-    return True
-
-
-@dataclass
-class _Bounded:
-    bounded: Any  # auto_LiRPA.BoundedModule
-    lowered: nn.Module
-    snapshot: dict[str, Tensor]  # the original's state when the copy was made
-    width: int
-    head_width: int
-    l2_safe: bool  # see _l2_input_is_safe
-
-    def matches(self, model: nn.Module) -> bool:
-        state = model.state_dict()
-        if state.keys() != self.snapshot.keys():
-            return False
-        for key, value in state.items():
-            saved = self.snapshot[key]
-            if value.shape != saved.shape or value.dtype != saved.dtype or value.device != saved.device:
-                return False
-            if not torch.equal(value, saved):
-                return False
-        return True
-
-
-#: model -> {(input shape, device, dtype, conv mode, identity prefix): _Bounded}; entries die with
-#: their model
-_CACHE: "weakref.WeakKeyDictionary[nn.Module, dict[tuple, _Bounded]]" = weakref.WeakKeyDictionary()
-_CACHE_PER_MODEL = 4
-
-
-def clear_cache() -> None:
-    """Forget every cached ``BoundedModule``."""
-    _CACHE.clear()
-
-
-def _build(model: nn.Module, x: Tensor, conv_mode: str, identity_prefix: bool,
-           options: tuple[tuple[str, Any], ...] = ()) -> _Bounded:
-    lirpa = import_auto_lirpa()
-    bound_opts = {"conv_mode": conv_mode, **dict(options)}
-    example = x[:1].detach()
-    snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    lowered, width, head_width = _lower(model, example)
-    if identity_prefix:
-        lowered = _IdentityPrefix(example.shape[1:], lowered, example).eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)
-        try:
-            bounded = lirpa.BoundedModule(lowered, (example,), bound_opts=dict(bound_opts), device=x.device)
-            if not _batch_independent(bounded, lowered, example):
-                # x.view(x.size(0), -1) was converted for batch 1: convert with dynamic shapes
-                with onnx_shape_inference(False):
-                    bounded = lirpa.BoundedModule(lowered, (example,), bound_opts=dict(bound_opts), device=x.device)
-        except Exception as error:
-            raise RuntimeError(f"auto_LiRPA cannot convert the model ({type(error).__name__}: {error}); "
-                               "only layers with auto_LiRPA support (or a lirpa_form rewrite) can be bounded") from error
-    if not _batch_independent(bounded, lowered, example):
-        raise RuntimeError("auto_LiRPA's form of the model does not reproduce it on a batch of two inputs "
-                           "(a shape fixed at conversion time?); it cannot be bounded")
-    bounded.eval()
-    return _Bounded(bounded, lowered, snapshot, width, head_width, _l2_input_is_safe(bounded))
-
-
-def _batch_independent(bounded, lowered: nn.Module, example: Tensor) -> bool:
-    """Whether the converted ``bounded`` reproduces ``lowered`` on a batch of two (``example`` and
-    a shifted copy): a model flattening with ``x.view(x.size(0), -1)`` can be converted with the
-    example's batch size 1 fixed into the reshape (:func:`relaxplug._compat.onnx_shape_inference`)."""
-    probe = torch.cat([example, example + 0.5 * (example.detach().abs().amax() + 1.0)])
-    try:
-        with torch.no_grad():
-            out = bounded(probe)
-            reference = lowered(probe)
-    except Exception:  # auto_LiRPA's forward fails on a frozen shape (RuntimeError, IndexError, ...)
-        return False
-    if not isinstance(out, Tensor) or out.shape != reference.shape:
-        return False
-    scale = float(reference.abs().max()) if reference.numel() else 0.0
-    tol = (1e-9 if example.dtype == torch.float64 else 1e-4) * (1.0 + scale)
-    return bool(torch.allclose(out, reference, rtol=0.0, atol=tol))
-
-
-def bounded_module(model: nn.Module, x: Tensor, conv_mode: str = "patches", norm: float = math.inf,
-                   options: tuple[tuple[str, Any], ...] = ()) -> _Bounded:
-    """The cached auto_LiRPA form of ``model`` for inputs shaped like ``x``, rebuilt when the
-    model's state (parameters and buffers) differs from the one it was built from. For L2 balls,
-    a model whose input is not read by a linear layer first is bounded behind an identity layer
-    (:func:`_l2_input_is_safe`). ``options``: extra top-level ``bound_opts`` (flat values), part
-    of the cache key."""
-    entry = _cached(model, x, conv_mode, identity_prefix=False, options=options)
-    if float(norm) != math.inf and not entry.l2_safe:
-        entry = _cached(model, x, conv_mode, identity_prefix=True, options=options)
-        if not entry.l2_safe:  # pragma: no cover - the prefix is a linear layer
-            raise RuntimeError("cannot make the L2 input perturbation sound for auto_LiRPA")
-    return entry
-
-
-def _cached(model: nn.Module, x: Tensor, conv_mode: str, identity_prefix: bool,
-            options: tuple[tuple[str, Any], ...] = ()) -> _Bounded:
-    key = (tuple(x.shape[1:]), str(x.device), x.dtype, conv_mode, identity_prefix, options)
-    entries = _CACHE.get(model)
-    if entries is None:
-        entries = {}
-        _CACHE[model] = entries
-    entry = entries.get(key)
-    if entry is None or not entry.matches(model):
-        entries.pop(key, None)
-        entry = _build(model, x, conv_mode, identity_prefix, options)
-        while len(entries) >= _CACHE_PER_MODEL:
-            entries.pop(next(iter(entries)))
-        entries[key] = entry
-    return entry
 
 
 # ----------------------------------------------------------------------------- certifiers
@@ -446,8 +93,6 @@ class LirpaCertifier(Certifier):
     #: run ``compute_bounds`` under ``torch.no_grad`` (a subclass optimizing bounds with
     #: gradients, such as alpha-CROWN, sets it to False)
     no_grad = True
-    #: extra flat auto_LiRPA ``bound_opts`` the method's ``BoundedModule`` is built with
-    bound_options: tuple[tuple[str, Any], ...] = ()
     #: the options :meth:`__init__` accepts (named in the error for an unknown one)
     option_names: tuple[str, ...] = ("spec", "radius_bisection", "chunk_rows", "conv_mode")
 
@@ -482,37 +127,33 @@ class LirpaCertifier(Certifier):
 
     # -- bound computation
 
-    def _rows_per_call(self, entry: _Bounded, batch: int) -> int:
+    def _rows_per_call(self, entry: Bounded, batch: int) -> int:
         if self.chunk_rows is not None:
             return self.chunk_rows
         width = entry.head_width if self.method == "IBP" else entry.width
         budget = DEFAULT_CHUNK_ELEMENTS * (CUDA_CHUNK_FACTOR if self._device_type == "cuda" else 1)
         return max(1, budget // max(1, batch * width))
 
-    def _compute(self, entry: _Bounded, x: Tensor, eps: float, norm: float, specs):
+    def _compute(self, entry: Bounded, x: Tensor, eps: float, norm: float, specs):
         """For each ``(C, lower, upper)`` of ``specs`` (one spec chunk and the sides it needs),
         yield ``(lower bound or None, upper bound or None)``; one ``compute_bounds`` call each."""
-        lirpa = import_auto_lirpa()
         bounded = entry.bounded
         interm = None
-        final = None
         for c, lower, upper in specs:
-            ptb = lirpa.PerturbationLpNorm(norm=_norm_value(norm), eps=float(eps))
-            inputs = (lirpa.BoundedTensor(x, ptb),)
+            inputs = (api.bounded_tensor(x, eps, norm),)
             lb, ub = self._bound(bounded, inputs, c, lower, upper, interm)
             if self.reuse_intermediate and interm is None:
-                final = bounded.final_node() if final is None else final
-                interm = _intermediate_bounds(bounded, final)
+                interm = _intermediate_bounds(bounded)
             yield (lb.detach() if lower else None), (ub.detach() if upper else None)
 
     def _bound(self, bounded, inputs, c: Tensor, lower: bool, upper: bool, interm, method: str | None = None):
         """One ``compute_bounds`` call with ``method`` (default :attr:`method`): ``(lower bound,
         upper bound)`` of ``c @ f`` (``None`` for a side not asked for)."""
         with torch.no_grad() if self.no_grad else torch.enable_grad():
-            return bounded.compute_bounds(x=inputs, C=c, method=method or self.method, bound_lower=lower,
-                                          bound_upper=upper, intermediate_layer_bounds=interm)
+            return api.compute_bounds(bounded, inputs, C=c, method=method or self.method, bound_lower=lower,
+                                      bound_upper=upper, interm=interm)
 
-    def _pairwise(self, entry: _Bounded, x: Tensor, request: MarginRequest, norm: float, dtype) -> Tensor:
+    def _pairwise(self, entry: Bounded, x: Tensor, request: MarginRequest, norm: float, dtype) -> Tensor:
         order = request.order
         batch, n = order.shape
         k = request.n_candidates
@@ -531,7 +172,7 @@ class LirpaCertifier(Certifier):
             flat.scatter_(1, index, lb.to(dtype))
         return flat[:, :-1].view(batch, k, n)
 
-    def _anchor(self, entry: _Bounded, x: Tensor, request: MarginRequest, norm: float, dtype) -> Tensor:
+    def _anchor(self, entry: Bounded, x: Tensor, request: MarginRequest, norm: float, dtype) -> Tensor:
         """Rows ``e_{o_0} - e_{o_s}`` (``s >= 1``) and ``e_{o_r} - e_{o_0}`` (``1 <= r < K``, only
         where needed), all lower-bounded; since ``f_{o_r} - f_{o_s} = (f_{o_r} - f_{o_0}) +
         (f_{o_0} - f_{o_s})``, ``lower[r, s] = A_r + B_s`` with ``A_0 = 0`` is a sound bound."""
@@ -567,7 +208,7 @@ class LirpaCertifier(Certifier):
         wanted = (ranks_n[None, :] > ranks_n[:k, None])[None] & needed[:, :, None]
         return torch.where(wanted, lower, lower.new_full((), math.inf))
 
-    def _logit(self, entry: _Bounded, x: Tensor, request: MarginRequest, norm: float, dtype) -> Tensor:
+    def _logit(self, entry: Bounded, x: Tensor, request: MarginRequest, norm: float, dtype) -> Tensor:
         """Lower bounds of the ``K`` candidate logits and upper bounds of the ``n - 1`` others
         (``K + n - 1`` one-sided rows), combined as ``lower_j - upper_i``."""
         order = request.order
@@ -603,9 +244,18 @@ class LirpaCertifier(Certifier):
         self.last_rows = []
         if not requests:
             return []
+        if x.shape[0] == 0:
+            raise ValueError(f"certifier {self.name!r} needs a non-empty batch, got input shape {tuple(x.shape)}")
         if logits.ndim != 2 or logits.shape[1] < 2:
             raise ValueError(f"logits must be (B, n) with n >= 2, got {tuple(logits.shape)}")
-        entry = bounded_module(model, x, self.conv_mode, norm, self.bound_options)
+        entry = glue.bounded_module(model, x, self.conv_mode, norm, self.options())
+        if not entry.agrees(x, logits):
+            glue.clear_cache()
+            entry = glue.bounded_module(model, x, self.conv_mode, norm, self.options())
+            if not entry.agrees(x, logits):
+                raise glue.LirpaError("the model's logits on this batch differ from its converted copy's (a "
+                                      "forward pass that is random, in training mode, or reads state outside "
+                                      "the model); it cannot be certified")
         self._device_type = x.device.type
         out = []
         for request in requests:
@@ -615,8 +265,14 @@ class LirpaCertifier(Certifier):
                 lower = self._anchor(entry, x.detach(), request, norm, logits.dtype)
             else:
                 lower = self._logit(entry, x.detach(), request, norm, logits.dtype)
-            out.append(_with_allowance(lower, logits, request))
+            errors = error_model(entry.bounded, x.detach(), request.eps, norm)
+            allowance = errors.margin_allowance(request.order, request.n_candidates).to(lower.dtype)
+            out.append(_with_allowance(lower, logits, request) - allowance)
         return out
+
+    def options(self) -> tuple[tuple[str, Any], ...]:
+        """Extra ``bound_opts`` of this method's ``BoundedModule`` (part of the cache key)."""
+        return ()
 
     # -- radius
 
@@ -675,9 +331,10 @@ class LirpaCertifier(Certifier):
         return radius.to(logits.device)
 
 
-def _intermediate_bounds(bounded, final) -> dict[str, tuple[Tensor, Tensor]]:
+def _intermediate_bounds(bounded) -> dict[str, tuple[Tensor, Tensor]]:
     """``{node: (lower, upper)}`` of the intermediate nodes bounded by the last call (not the
     inputs, parameters or the final node, whose bounds depend on ``C``)."""
+    final = bounded.final_node()
     out = {}
     for node in bounded._modules.values():
         if node is final or type(node).__name__ in ("BoundInput", "BoundParams", "BoundBuffers"):
@@ -738,18 +395,16 @@ class AlphaCrownCertifier(LirpaCertifier):
         lr: step size of the slopes (auto_LiRPA's ``lr_alpha``).
 
     auto_LiRPA 0.3 needs two things for it on current torch: its sparse-alpha bookkeeping off
-    (it fails with a shape mismatch even on dense ReLU nets), and
-    :func:`relaxplug._compat.shim_relu_alpha_gradient` (without it no slope ever moves and the
-    result is CROWN's). Each iteration costs about 1.5 CROWN passes (measured: 30x CROWN at 20
-iterations on the digits nets).
+    (it fails with a shape mismatch even on dense ReLU nets), and the ReLU-slope gradient shim of
+    :mod:`relaxplug._compat` (without it no slope moves and the result is CROWN's). 0.7.x runs
+    natively (:func:`relaxplug.lirpa.api.alpha_bound_options`). Each iteration costs about 1.5
+    CROWN passes (measured: 30x CROWN at 20 iterations on the digits nets, 0.3).
     """
 
     name = "alpha-crown"
     method = "CROWN-Optimized"
     no_grad = False
     reuse_intermediate = False
-    bound_options = (("sparse_intermediate_bounds", False), ("sparse_features_alpha", False),
-                     ("sparse_spec_alpha", False))
     option_names = LirpaCertifier.option_names + ("iterations", "lr")
 
     def __init__(self, iterations: int = 20, lr: float = 0.5, **options: Any):
@@ -765,20 +420,13 @@ iterations on the digits nets).
         return (f"{type(self).__name__}(spec={self.spec!r}, radius_bisection={self.radius_bisection}, "
                 f"iterations={self.iterations}, lr={self.lr:g})")
 
+    def options(self) -> tuple[tuple[str, Any], ...]:
+        return api.alpha_bound_options()
+
     def _bound(self, bounded, inputs, c: Tensor, lower: bool, upper: bool, interm, method: str | None = None):
         """auto_LiRPA optimises one side per call: lower and upper bounds are two calls. A model
         with no activation to relax (a linear model) has nothing to optimise: that is CROWN."""
         if not getattr(bounded, "optimizable_activations", None):
             return super()._bound(bounded, inputs, c, lower, upper, interm, method="CROWN")
-        bounded.set_bound_opts({"optimize_bound_args": {"iteration": self.iterations, "lr_alpha": self.lr}})
-        return (self._optimised(bounded, inputs, c, lower=True) if lower else None,
-                self._optimised(bounded, inputs, c, lower=False) if upper else None)
-
-    def _optimised(self, bounded, inputs, c: Tensor, lower: bool) -> Tensor:
-        """The optimised lower (or upper) bound of ``c @ f``."""
-        # auto_LiRPA 0.3 prints a line whenever its early stopping triggers
-        with contextlib.redirect_stdout(io.StringIO()) as printed, torch.enable_grad():
-            lb, ub = bounded.compute_bounds(x=inputs, C=c, method=self.method, bound_lower=lower, bound_upper=not lower)
-        if printed.getvalue():
-            logger.debug("auto_LiRPA: %s", printed.getvalue().strip())
-        return lb if lower else ub
+        return (api.optimized_bound(bounded, inputs, c, True, self.iterations, self.lr) if lower else None,
+                api.optimized_bound(bounded, inputs, c, False, self.iterations, self.lr) if upper else None)

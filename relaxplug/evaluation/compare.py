@@ -149,10 +149,10 @@ class _PeakMemory:
 
 
 def _load_optional_certifiers() -> None:
-    try:
+    import importlib.util
+
+    if importlib.util.find_spec("auto_LiRPA") is not None:  # only auto_LiRPA's absence is tolerated
         from relaxplug.certifiers import lirpa  # noqa: F401  (registers ibp, crown-ibp, crown)
-    except ImportError:
-        pass
 
 
 def _resolve(spec: str | Certifier) -> tuple[str, Certifier | None, str | None]:

@@ -18,17 +18,16 @@ IGRP (Wang et al., seed ``003``): ``L_rob = L_inner + L_outer`` with ``L_inner =
 classes of ``y``'s group (similar classes) on bounds at ``eps_in``, and ``L_outer = L_rob`` over
 the classes outside it (dissimilar classes) on bounds at ``eps_out``; both radii ramp together.
 
-The bounds are computed on a *shared* lowered form of the model: its ``MinMax`` and
-``InvertibleDownsample`` layers are replaced by their exact ``lirpa_form`` rewrites (which hold
-only fixed buffers) while every parameterised layer is the training model's own module, so the
-auto_LiRPA graph reads the current weights and gradients reach the model.
+The bounds are computed on a *shared* lowered form of the model
+(:func:`relaxplug.lirpa.shared_lirpa_form`): its ``MinMax`` and ``InvertibleDownsample`` layers are
+replaced by their exact ``lirpa_form`` rewrites (which hold only fixed buffers) while every
+parameterised layer is the training model's own module, so the auto_LiRPA graph reads the current
+weights and gradients reach the model.
 """
 
 from __future__ import annotations
 
-import copy
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -36,8 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from relaxplug._compat import import_auto_lirpa
 from relaxplug.adapters import IGRP, Guarantee, Standard
+from relaxplug.lirpa import IdentityPrefix, l2_input_is_safe, shared_lirpa_form
+from relaxplug.lirpa import api
 
 from relaxplug.training.schedules import Schedule, parse_schedule
 
@@ -49,90 +49,18 @@ __all__ = [
     "igrp_robust_losses",
     "margin_spec",
     "robust_cross_entropy",
-    "shared_lirpa_form",
 ]
 
 
-# ----------------------------------------------------------------------------- lowered form
-
-
-def _input_shapes(model: nn.Module, example: Tensor) -> dict[str, tuple[int, ...]]:
-    shapes: dict[str, tuple[int, ...]] = {}
-    handles = []
-
-    def record(name: str):
-        def hook(module: nn.Module, inputs: tuple) -> None:
-            shape = tuple(int(d) for d in inputs[0].shape[1:])
-            if shapes.setdefault(name, shape) != shape:
-                raise ValueError(f"module {name or type(module).__name__} is called on inputs of shapes "
-                                 f"{shapes[name]} and {shape}; its lirpa_form needs one shape")
-        return hook
-
-    for name, module in model.named_modules():
-        handles.append(module.register_forward_pre_hook(record(name)))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
-    return shapes
-
-
-def shared_lirpa_form(model: nn.Module, example: Tensor) -> nn.Module:
-    """``model`` with every submodule that has ``lirpa_form`` (and ``Normalize``) replaced by its
-    exact auto_LiRPA-friendly rewrite, **sharing** all other modules (and so all parameters)
-    with ``model``: containers are shallow copies holding the rewritten children.
-
-    Raises ``RuntimeError`` if the form's output differs from ``model``'s on ``example`` or if
-    its parameters are not exactly ``model``'s.
-    """
-    from relaxplug.certifiers.lirpa import _fallback_form
-
-    shapes = _input_shapes(model, example)
-
-    def lower(module: nn.Module, name: str) -> nn.Module:
-        if name in shapes:
-            form = module.lirpa_form(shapes[name]) if callable(getattr(module, "lirpa_form", None)) \
-                else _fallback_form(module, shapes[name])
-            if form is not None:
-                return form.to(device=example.device, dtype=example.dtype)
-        if not module._modules:
-            return module
-        clone = copy.copy(module)  # shares _parameters and _buffers with the original
-        clone._modules = {child: (lower(sub, f"{name}.{child}" if name else child) if sub is not None else None)
-                          for child, sub in module._modules.items()}
-        return clone
-
-    form = lower(model, "")
-    model_params = {id(p) for p in model.parameters()}
-    form_params = {id(p) for p in form.parameters()}
-    if form_params != model_params:
-        raise RuntimeError("the lowered form does not share the model's parameters (a lirpa_form holds parameters?)")
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            reference, out = model(example), form(example)
-    finally:
-        model.train(was_training)
-    scale = float(reference.abs().max()) if reference.numel() else 0.0
-    tol = (1e-9 if example.dtype == torch.float64 else 1e-4) * (1.0 + scale)
-    if out.shape != reference.shape or not torch.allclose(out, reference, rtol=0.0, atol=tol):
-        raise RuntimeError("the auto_LiRPA form of the model (lirpa_form rewrites) does not reproduce its output")
-    return form
+# ----------------------------------------------------------------------------- bounds
 
 
 class LirpaBounds:
-    """auto_LiRPA ``BoundedModule`` of :func:`shared_lirpa_form` for training: differentiable
-    lower bounds of ``C f(x')`` over an L-inf or L2 ball.
+    """auto_LiRPA ``BoundedModule`` of :func:`relaxplug.lirpa.shared_lirpa_form` for training:
+    differentiable lower bounds of ``C f(x')`` over an L-inf or L2 ball.
 
     L2 balls on a model whose input first meets a layer other than linear/convolution are
-    bounded behind a fixed identity layer (auto_LiRPA 0.3 reads an L2 perturbation only in
-    those; see :mod:`relaxplug.certifiers.lirpa`).
+    bounded behind a fixed identity layer (:mod:`relaxplug.lirpa.guard`).
 
     Args:
         model: the training model (its parameters are shared, not copied).
@@ -141,26 +69,14 @@ class LirpaBounds:
     """
 
     def __init__(self, model: nn.Module, example: Tensor, norm: float):
-        from relaxplug.certifiers.lirpa import _IdentityPrefix, _l2_input_is_safe
-
         if float(norm) not in (2.0, math.inf):
             raise ValueError(f"CROWN-IBP training supports norms 2 and inf, got {norm!r}")
         self.norm = float(norm)
-        self.lirpa = import_auto_lirpa()
         example = example[:1].detach()
         form = shared_lirpa_form(model, example)
-        self.bounded = self._build(form, example)
-        if self.norm != math.inf and not _l2_input_is_safe(self.bounded):
-            self.bounded = self._build(_IdentityPrefix(example.shape[1:], form, example), example)
-
-    def _build(self, form: nn.Module, example: Tensor):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            try:
-                return self.lirpa.BoundedModule(form, (example,), device=example.device)
-            except Exception as error:
-                raise RuntimeError(f"auto_LiRPA cannot convert the model ({type(error).__name__}: {error})") from error
+        self.bounded = api.convert(form, example)
+        if self.norm != math.inf and not l2_input_is_safe(self.bounded):
+            self.bounded = api.convert(IdentityPrefix(example.shape[1:], form, example), example)
 
     def lower(self, x: Tensor, c: Tensor, eps: float, beta: float) -> Tensor:
         """``beta * l_CROWN-IBP + (1 - beta) * l_IBP`` for spec ``c`` ``(B, R, n)``; ``(B, R)``.
@@ -168,15 +84,14 @@ class LirpaBounds:
         One auto_LiRPA pass: the CROWN-IBP call leaves its IBP bound of ``C f`` behind, read back
         with ``reuse_ibp``; ``beta = 0`` runs IBP alone.
         """
-        ptb = self.lirpa.PerturbationLpNorm(norm=self.norm, eps=float(eps))
-        inputs = (self.lirpa.BoundedTensor(x, ptb),)
+        inputs = (api.bounded_tensor(x, eps, self.norm),)
         if beta <= 0.0:
-            lower, _ = self.bounded.compute_bounds(x=inputs, C=c, method="IBP", bound_upper=False)
+            lower, _ = api.compute_bounds(self.bounded, inputs, C=c, method="IBP", bound_upper=False)
             return lower
-        crown, _ = self.bounded.compute_bounds(x=inputs, C=c, method="CROWN-IBP", bound_upper=False)
+        crown, _ = api.compute_bounds(self.bounded, inputs, C=c, method="CROWN-IBP", bound_upper=False)
         if beta >= 1.0:
             return crown
-        ibp, _ = self.bounded.compute_bounds(C=c, method="IBP", reuse_ibp=True)
+        ibp, _ = api.compute_bounds(self.bounded, C=c, method="IBP", reuse_ibp=True)
         return beta * crown + (1.0 - beta) * ibp
 
 

@@ -71,21 +71,21 @@ def test_empirical_figures_bound_the_certified_ones_and_nothing_breaks():
     assert 0 <= record["autoattack_accuracy"] <= 1 and record["autoattack_eps"] == pytest.approx(0.4 / 3)
 
 
-def test_a_false_certificate_is_caught_exactly_where_the_definition_rejects_it(monkeypatch):
-    monkeypatch.setitem(CERTIFIERS._entries, OverClaiming.name, OverClaiming)
-    model = _linear(seed=5)
-    x = torch.randn(40, 5, dtype=torch.float64)
-    y = model(x).argmax(1)
-    record = attack_report(model, (x, y), IGRP(GROUPS, 0.3, 0.9), None, 2.0, OverClaiming.name,
-                           AttackSettings(steps=40, restarts=1, autoattack=False))
-    m_in, m_out = _exact(model, x, 0.3, 0.9)
-    assert record["certified"] == 40 and record["attacked"] == 80
-    for broken, exact in ((record["broken_claims"]["in"], m_in), (record["broken_claims"]["out"], m_out)):
-        found = set(broken)
-        assert set((exact < -1e-3).nonzero().flatten().tolist()) <= found  # every false claim is caught
-        assert found <= set((exact <= 1e-9).nonzero().flatten().tolist())  # and only false ones
-        assert found
-    assert record["broken_points"] == sorted(set(record["broken_claims"]["in"]) | set(record["broken_claims"]["out"]))
+def test_a_false_certificate_is_caught_exactly_where_the_definition_rejects_it():
+    with CERTIFIERS.registered(OverClaiming.name, OverClaiming):
+        model = _linear(seed=5)
+        x = torch.randn(40, 5, dtype=torch.float64)
+        y = model(x).argmax(1)
+        record = attack_report(model, (x, y), IGRP(GROUPS, 0.3, 0.9), None, 2.0, OverClaiming.name,
+                               AttackSettings(steps=40, restarts=1, autoattack=False))
+        m_in, m_out = _exact(model, x, 0.3, 0.9)
+        assert record["certified"] == 40 and record["attacked"] == 80
+        for broken, exact in ((record["broken_claims"]["in"], m_in), (record["broken_claims"]["out"], m_out)):
+            found = set(broken)
+            assert set((exact < -1e-3).nonzero().flatten().tolist()) <= found  # every false claim is caught
+            assert found <= set((exact <= 1e-9).nonzero().flatten().tolist())  # and only false ones
+            assert found
+        assert record["broken_points"] == sorted(set(record["broken_claims"]["in"]) | set(record["broken_claims"]["out"]))
 
 
 def test_radii_come_from_the_guarantee():
@@ -101,9 +101,10 @@ def test_radii_come_from_the_guarantee():
 @pytest.fixture(params=[2.0])
 def igrp_checkpoint(request, tmp_path, monkeypatch):
     """An IGRP checkpoint (groups, both radii) trained for the norm ``request.param``."""
-    return blob_checkpoint(tmp_path, monkeypatch, 6, {
-        "guarantee": "igrp:0.01,0.03", "sets": GROUPS, "eps": 0.03, "eps_in": 0.01, "norm": request.param,
-    })
+    with CERTIFIERS.registered(OverClaiming.name, OverClaiming):
+        yield blob_checkpoint(tmp_path, monkeypatch, 6, {
+            "guarantee": "igrp:0.01,0.03", "sets": GROUPS, "eps": 0.03, "eps_in": 0.01, "norm": request.param,
+        })
 
 
 def _attack(checkpoint, out, *extra):

@@ -17,6 +17,8 @@ from relaxplug.attacks.report import attack_report
 from relaxplug.cli import main as cli_main
 
 from ..brute_force import acceptable, ranked
+from relaxplug.certifiers import CERTIFIERS
+
 from ..fakes import OverClaiming, blob_checkpoint
 
 GUARANTEES = [
@@ -168,7 +170,8 @@ def test_attack_report_counts():
 
 @pytest.fixture
 def checkpoint(tmp_path, monkeypatch):
-    return blob_checkpoint(tmp_path, monkeypatch, 4, {"guarantee": "standard", "eps": 0.02})
+    with CERTIFIERS.registered(OverClaiming.name, OverClaiming):
+        yield blob_checkpoint(tmp_path, monkeypatch, 4, {"guarantee": "standard", "eps": 0.02})
 
 
 def test_attack_main_exit_codes(checkpoint, tmp_path, capsys):

@@ -33,7 +33,7 @@ def test_every_registered_certifier_is_sound_on_the_fast_sweep():
     assert not any(row["certifier"] == "gloro" and row["norm"] == "inf" for row in result.rows)
 
 
-def test_sweep_catches_an_overclaiming_certifier(monkeypatch):
+def test_sweep_catches_an_overclaiming_certifier():
     class Shrunk(GloRoCertifier):
         """GloRo with a Lipschitz constant a fifth of the sound one: over-claims."""
 
@@ -42,13 +42,13 @@ def test_sweep_catches_an_overclaiming_certifier(monkeypatch):
         def pair_lipschitz(self, model, input_shape):
             return super().pair_lipschitz(model, input_shape) / 5
 
-    monkeypatch.setitem(CERTIFIERS._entries, "test-shrunk", Shrunk)
-    settings = SweepSettings(points=32, train_steps=200, eps_scales=(1.0,), steps=30, restarts=1,
-                             random_nets=(), trained_nets=("dense-relu",))
-    result = soundness_sweep(certifiers=["test-shrunk"], norms=(2.0,), settings=settings)
-    assert result.broken > 0
-    row = next(row for row in result.rows if row["broken"])
-    assert row["broken_points"] and len(row["broken_points"]) == row["broken"]
+    with CERTIFIERS.registered("test-shrunk", Shrunk):
+        settings = SweepSettings(points=32, train_steps=200, eps_scales=(1.0,), steps=30, restarts=1,
+                                 random_nets=(), trained_nets=("dense-relu",))
+        result = soundness_sweep(certifiers=["test-shrunk"], norms=(2.0,), settings=settings)
+        assert result.broken > 0
+        row = next(row for row in result.rows if row["broken"])
+        assert row["broken_points"] and len(row["broken_points"]) == row["broken"]
 
 
 def test_sweep_guarantees_cover_overlap_and_partition():

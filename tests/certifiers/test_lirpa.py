@@ -13,9 +13,12 @@ from relaxplug.attacks.pgd import pgd_set_attack
 from relaxplug.models.layers import InvertibleDownsample, MinMax, Normalize, Residual
 
 lirpa = pytest.importorskip("relaxplug.certifiers.lirpa", reason="auto_LiRPA is not installed", exc_type=ImportError)
+from relaxplug import lirpa as glue  # noqa: E402
 from relaxplug.certifiers.base import CERTIFIERS  # noqa: E402
 
 from ..brute_force import certify_linear  # noqa: E402
+
+pytestmark = pytest.mark.lirpa
 
 METHODS = ("ibp", "crown-ibp", "crown")
 NORMS = {2.0: 2, math.inf: 1}  # norm -> dual norm of the brute-force definition
@@ -109,11 +112,11 @@ def test_normalize_first_is_exact_and_l2_is_guarded():
 def test_l2_guard_applies_only_when_the_input_meets_a_non_linear_layer():
     x = torch.randn(4, 3)
     plain = nn.Sequential(nn.Flatten(), nn.Linear(3, 4))
-    assert lirpa.bounded_module(plain, x, norm=2.0).l2_safe
+    assert glue.bounded_module(plain, x, norm=2.0).l2_safe
     for first in (nn.ReLU(), Residual(nn.Linear(3, 3))):
         model = nn.Sequential(first, nn.Linear(3, 4))
-        assert not lirpa.bounded_module(model, x, norm=math.inf).l2_safe
-        guarded = lirpa.bounded_module(model, x, norm=2.0)
+        assert not glue.bounded_module(model, x, norm=math.inf).l2_safe
+        guarded = glue.bounded_module(model, x, norm=2.0)
         assert guarded.l2_safe
         assert torch.allclose(guarded.lowered(x), model(x), atol=1e-6)
 
@@ -218,10 +221,10 @@ def test_rtk_spec_has_only_the_needed_rows():
     n, K = 10, 3
     logits = torch.randn(5, n)
     request = _request(RTK(K), logits)
-    rows = lirpa.spec_rows(request, n)
+    rows = glue.spec_rows(request, n)
     assert rows.rows == K * n - K * (K + 1) // 2 < K * n
     assert rows.valid.all()
-    c = lirpa.spec_matrix(request.order, rows, 0, rows.rows, torch.float32)
+    c = glue.spec_matrix(request.order, rows, 0, rows.rows, torch.float32)
     assert c.shape == (5, rows.rows, n)
     assert (c.sum(2) == 0).all() and (c.abs().sum(2) == 2).all()
     # every row is e_{o_r} - e_{o_s} with r < K and s > r, each pair once
@@ -240,16 +243,19 @@ def test_affinity_spec_rows_follow_the_acceptable_sets():
     logits[1, [5, 7]] = torch.tensor([3.0, 2.0])  # top-2 leaves every set: only rank 0
     logits[2, [6, 5]] = torch.tensor([3.0, 2.0])  # top-2 inside {5, 6}: ranks 0, 1
     request = _request(guarantee, logits)
-    rows = lirpa.spec_rows(request, n)
+    rows = glue.spec_rows(request, n)
     counts = rows.valid.sum(1).tolist()
     assert counts == [(n - 1) + (n - 2) + (n - 3), n - 1, (n - 1) + (n - 2)]
     assert rows.rows == max(counts) <= request.n_candidates * n
-    c = lirpa.spec_matrix(request.order, rows, 0, rows.rows, torch.float32)
+    c = glue.spec_matrix(request.order, rows, 0, rows.rows, torch.float32)
     assert (c[1, counts[1]:] == 0).all()  # padding rows are zero
     # the certifier bounds exactly these rows
-    model = nn.Sequential(nn.Linear(4, n))
+    model = nn.Sequential(nn.Linear(n, n))  # the identity: its logits are the input
+    with torch.no_grad():
+        model[0].weight.copy_(torch.eye(n))
+        model[0].bias.zero_()
     certifier = make("crown")
-    certifier.bounds(model, torch.randn(3, 4), logits, [request], 2.0)
+    certifier.bounds(model, logits.clone(), logits, [request], 2.0)
     assert certifier.last_rows == [rows.rows]
 
 
@@ -277,7 +283,7 @@ def test_chunked_rows_equal_one_call():
 
 def test_lowered_model_equals_the_original():
     model, shape = _nets()["conv"]
-    lowered = lirpa.lower_for_lirpa(model, torch.randn(1, *shape))
+    lowered = glue.lower_for_lirpa(model, torch.randn(1, *shape))
     x = torch.randn(16, *shape)
     assert torch.allclose(lowered(x), model(x), atol=1e-5)
     kinds = {type(m) for m in lowered.modules()}
@@ -288,15 +294,15 @@ def test_lowered_model_equals_the_original():
 def test_bounded_module_is_cached_and_rebuilt_when_weights_change():
     model = nn.Sequential(nn.Linear(4, 8), MinMax(), nn.Linear(8, 5))
     x = torch.randn(6, 4)
-    first = lirpa.bounded_module(model, x)
-    assert lirpa.bounded_module(model, x[:2]) is first  # batch size does not matter
+    first = glue.bounded_module(model, x)
+    assert glue.bounded_module(model, x[:2]) is first  # batch size does not matter
     before = rp.certify(model, x, 0.1, 2, "crown", "rtk:2", radius=False)
     with torch.no_grad():
         model[0].weight.data.mul_(1.5)  # through .data: no version-counter bump
-    rebuilt = lirpa.bounded_module(model, x)
+    rebuilt = glue.bounded_module(model, x)
     assert rebuilt is not first
     after = rp.certify(model, x, 0.1, 2, "crown", "rtk:2", radius=False)
-    lirpa.clear_cache()
+    glue.clear_cache()
     fresh = rp.certify(model, x, 0.1, 2, "crown", "rtk:2", radius=False)
     assert torch.equal(after.margin, fresh.margin)
     assert not torch.equal(after.margin, before.margin)
@@ -310,9 +316,9 @@ def test_several_requests_reuse_one_bounded_module():
     logits = model(x).detach()
     requests = [r for eps in (0.05, 0.2) for r in Standard().requests(logits, eps)]
     certifier = make("crown")
-    entry = lirpa.bounded_module(model, x)
+    entry = glue.bounded_module(model, x)
     both = certifier.bounds(model, x, logits, requests, 2.0)
-    assert lirpa.bounded_module(model, x) is entry
+    assert glue.bounded_module(model, x) is entry
     for request, lower in zip(requests, both):
         alone = certifier.bounds(model, x, logits, [request], 2.0)[0]
         assert torch.equal(lower, alone)

@@ -27,10 +27,12 @@ from relaxplug.training.crown_ibp import (  # noqa: E402
     igrp_robust_losses,
     margin_spec,
     robust_cross_entropy,
-    shared_lirpa_form,
 )
+from relaxplug.lirpa import shared_lirpa_form  # noqa: E402
 from relaxplug.training.trainer import train  # noqa: E402
 from relaxplug.training.wrapper import GloRoNet  # noqa: E402
+
+pytestmark = pytest.mark.lirpa
 
 GROUPS = ((0, 6), (1, 7), (2, 3, 5, 8, 9), (4,))
 
