@@ -1,8 +1,8 @@
 """Compatibility shims for optional third-party packages on current torch and numpy.
 
 auto_LiRPA 0.3 (the only release on the package index) was written for torch < 1.13 and
-numpy 1.x. It runs on torch 2.x and numpy 2 once a few removed APIs are restored (DESIGN.md,
-"Ecosystem facts"). Each shim is one small function that installs one API **only where it is
+numpy 1.x. It runs on torch 2.x and numpy 2 once a few removed APIs are restored (docs/lirpa.md,
+"Versions"). Each shim is one small function that installs one API **only where it is
 missing** and returns whether it installed anything, so newer releases (or source installs)
 that no longer need it run untouched. Shims are listed in :data:`SHIMS` by package and stage:
 
