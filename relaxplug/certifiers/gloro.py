@@ -90,7 +90,7 @@ class GloRoCertifier(Certifier):
         Per pair the bound ``gap - eps K`` is positive iff ``eps < gap / K``, and ``min``/``max``
         commute with this monotone map, so Equation B1 applied to ``gap / K`` gives the radius.
         """
-        if len(guarantee.radii(1.0)) != 1:
+        if guarantee.carries_radii:
             return None
         self.check_norm(norm)
         pair_k = self.pair_lipschitz(model, x.shape[1:]).to(logits.device)

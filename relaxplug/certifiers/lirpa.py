@@ -293,7 +293,7 @@ class LirpaCertifier(Certifier):
         the bounds are monotone in ``eps``. ``None`` without bisection steps or for guarantees
         taking several radii.
         """
-        if self.radius_bisection <= 0 or len(guarantee.radii(1.0)) != 1:
+        if self.radius_bisection <= 0 or guarantee.carries_radii:
             return None
         self.check_norm(norm)
         batch = x.shape[0]

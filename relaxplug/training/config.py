@@ -26,6 +26,7 @@ from typing import Any, Sequence
 
 import yaml
 
+from relaxplug.norms import Norm
 from relaxplug.runtime import parse_device
 from relaxplug.training.methods import METHODS, RunSettings
 from relaxplug.training.optim import OPTIMIZERS
@@ -235,17 +236,10 @@ def _check_types(config: "TrainConfig") -> None:
 
 
 def _parse_norm_value(norm: object) -> float:
-    """``2``, ``inf`` (or the strings ``"2"``, ``"inf"``, ``"linf"``, ``"l2"``) as a float."""
-    if isinstance(norm, str):
-        text = norm.strip().lower()
-        text = {"linf": "inf", "l_inf": "inf", "l2": "2"}.get(text, text)
-        try:
-            norm = float(text)
-        except ValueError:
-            raise ValueError(f"norm must be 2 or inf, got {norm!r}") from None
-    if isinstance(norm, bool) or not isinstance(norm, (int, float)):
+    """``2``, ``inf`` (or ``"2"``, ``"inf"``, ``"linf"``, ``"l2"``) as a float (:class:`~relaxplug.norms.Norm`)."""
+    if isinstance(norm, bool) or not isinstance(norm, (str, int, float)):
         raise ValueError(f"norm must be 2 or inf, got {norm!r}")
-    return float(norm)
+    return float(Norm(norm))
 
 
 _COMMON = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name != "method_options")

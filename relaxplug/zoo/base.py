@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from relaxplug.norms import Norm
 
 __all__ = ["ZooModel", "ZooCheckpointError", "load_weights"]
 
@@ -51,7 +52,7 @@ class ZooModel:
     @property
     def metadata(self) -> dict[str, Any]:
         """Plain-data description (JSON-friendly), as relaxplug checkpoints carry."""
-        norm = None if self.norm is None else ("inf" if self.norm == math.inf else f"{self.norm:g}")
+        norm = None if self.norm is None else Norm(self.norm).to_json()
         return {
             "source": self.source,
             "architecture": self.name,
