@@ -79,15 +79,14 @@ def _eps(text: str) -> float:
     return value
 
 
-#: ``--norm`` spellings -> the name the library takes; only L2 and Linf are certified
-NORMS = {"2": "2", "l2": "2", "inf": "inf", "linf": "inf", "l_inf": "inf"}
-
-
 def _norm(text: str) -> str:
-    key = text.strip().lower()
-    if key not in NORMS:
-        raise argparse.ArgumentTypeError(f"unknown norm {text!r}: relaxplug certifies 2 (L2) or inf (Linf)")
-    return NORMS[key]
+    """``--norm``: parsed by :class:`~relaxplug.norms.Norm`, the one parser (only L2 and Linf are certified)."""
+    from relaxplug.norms import Norm
+
+    try:
+        return Norm(text).name
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _device(text: str) -> str:

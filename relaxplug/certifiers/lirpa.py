@@ -259,6 +259,10 @@ class LirpaCertifier(Certifier):
         self._device_type = x.device.type
         out = []
         for request in requests:
+            if request.eps == 0:  # the ranking computed at x itself is the claim: exact, nothing to bound
+                ranked = logits.gather(1, request.order)  # (B, n)
+                out.append(ranked[:, :request.n_candidates, None] - ranked[:, None, :])  # (B, K, n)
+                continue
             if self.spec == "pairwise":
                 lower = self._pairwise(entry, x.detach(), request, norm, logits.dtype)
             elif self.spec == "anchor":
