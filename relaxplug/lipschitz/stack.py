@@ -192,6 +192,7 @@ class LipschitzEstimator:
         self.vectors: dict[str, Tensor] = {}
         self._names = {id(m): name for name, m in model.named_modules()}
         self._sound_cache: tuple[tuple, float] | None = None
+        self._pair_cache: tuple[tuple, Tensor] | None = None
 
     @property
     def model(self) -> nn.Module:
@@ -226,8 +227,15 @@ class LipschitzEstimator:
         """``(n, n)`` float64 matrix ``K_ji = L_body * ||w_j - w_i||`` (``mode``: sound or power)."""
         if mode not in LIPSCHITZ_MODES:
             raise ValueError(f"mode must be one of {LIPSCHITZ_MODES}, got {mode!r}")
-        body = self.sound() if mode == "sound" else self.converged()
-        return head_distances(self.head.weight.detach().double()) * body
+        if mode != "sound":
+            return head_distances(self.head.weight.detach().double()) * self.converged()
+        # cached with the body bound: the (n, n) head distances cost O(n^2 d), more than the
+        # forward pass of a 1,000-class model
+        body = self.sound()
+        key = (_fingerprint(self.model), body)
+        if self._pair_cache is None or self._pair_cache[0] != key:
+            self._pair_cache = (key, head_distances(self.head.weight.detach().double()) * body)
+        return self._pair_cache[1].clone()
 
     def power(self, n_iter: int = 2) -> Tensor:
         """Body bound from ``n_iter`` power iterations per layer with persistent vectors.
