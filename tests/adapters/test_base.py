@@ -6,6 +6,8 @@ import torch
 from relaxplug.adapters import RTK, Affinity, Standard, rank_order, topk_margins
 from relaxplug.adapters.base import topk_class_mask
 
+from ..brute_force import full_sort_order, topk_margins_by_suffix_scan
+
 
 def test_rank_order_breaks_ties_by_index():
     logits = torch.tensor([[1.0, 3.0, 3.0, 0.0, 3.0]])
@@ -99,18 +101,6 @@ def test_evaluate_exhaustive_small():
 # --- the top-k selection and the single-pass margins equal the full-sort computation bit for bit
 
 
-def _full_sort(logits):
-    return torch.sort(logits, dim=1, descending=True, stable=True).indices
-
-
-def _topk_margins_by_suffix_scan(lower):
-    """The reference: suffix minima over all ``n`` columns (padded with +inf), then prefix minima."""
-    batch, k_max, _ = lower.shape
-    padded = torch.cat([lower, lower.new_full((batch, k_max, 1), float("inf"))], dim=2)
-    suffix = padded.flip(2).cummin(dim=2).values.flip(2)[:, :, 1 : k_max + 1]
-    return torch.diagonal(suffix.cummin(dim=1).values, dim1=1, dim2=2)
-
-
 def _logit_cases():
     g = torch.Generator().manual_seed(3)
     yield "random", torch.randn(64, 50, generator=g)
@@ -134,7 +124,7 @@ def _logit_cases():
 @pytest.mark.parametrize("case, logits", list(_logit_cases()), ids=[c for c, _ in _logit_cases()])
 @pytest.mark.parametrize("k", [1, 2, 3, 5, 49, 50])
 def test_partial_rank_order_equals_full_sort_prefix(case, logits, k):
-    full = _full_sort(logits)
+    full = full_sort_order(logits)
     part = rank_order(logits, k)
     assert torch.equal(part[:, :k], full[:, :k])
     assert torch.equal(part.sort(dim=1).values, torch.arange(50).expand(64, 50))  # a permutation
@@ -162,7 +152,7 @@ def test_topk_margins_equals_suffix_scan(k_max, n):
         special[1, :, 2] = float("-inf")
         special[2, 0, :] = float("inf")
         for case in (lower, special):
-            torch.testing.assert_close(topk_margins(case), _topk_margins_by_suffix_scan(case), rtol=0, atol=0, equal_nan=True)
+            torch.testing.assert_close(topk_margins(case), topk_margins_by_suffix_scan(case), rtol=0, atol=0, equal_nan=True)
 
 
 def test_topk_margins_gradient_equals_suffix_scan():
@@ -170,7 +160,7 @@ def test_topk_margins_gradient_equals_suffix_scan():
     a, b = lower.clone().requires_grad_(), lower.clone().requires_grad_()
     weights = torch.randn(8, 4, dtype=torch.float64)
     (topk_margins(a) * weights).sum().backward()
-    (_topk_margins_by_suffix_scan(b) * weights).sum().backward()
+    (topk_margins_by_suffix_scan(b) * weights).sum().backward()
     assert torch.equal(a.grad, b.grad)
 
 

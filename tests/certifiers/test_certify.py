@@ -16,7 +16,7 @@ from relaxplug.certifiers.base import rounding_allowance
 from relaxplug.certifiers.certify import check_inputs
 from relaxplug.models.layers import MinMax
 
-from ..adapters.test_base import _full_sort, _topk_margins_by_suffix_scan
+from ..brute_force import full_sort_order, topk_margins_by_suffix_scan
 
 N_CLASSES = 12
 GUARANTEES = [
@@ -49,10 +49,10 @@ def full_sort_reference(monkeypatch):
 
     def run(*args, **kwargs):
         with monkeypatch.context() as patch:
-            patch.setattr("relaxplug.adapters.base.rank_order", lambda logits, k=None: _full_sort(logits.detach()))
-            patch.setattr("relaxplug.adapters.igrp.rank_order", lambda logits, k=None: _full_sort(logits.detach()))
+            patch.setattr("relaxplug.adapters.base.rank_order", lambda logits, k=None: full_sort_order(logits.detach()))
+            patch.setattr("relaxplug.adapters.igrp.rank_order", lambda logits, k=None: full_sort_order(logits.detach()))
             for module in ("relaxplug.adapters.base", "relaxplug.adapters.igrp"):
-                patch.setattr(f"{module}.topk_margins", _topk_margins_by_suffix_scan)
+                patch.setattr(f"{module}.topk_margins", topk_margins_by_suffix_scan)
                 patch.setattr(f"{module}.topk_class_mask", _class_mask_from_ranks)
             patch.setattr(gloro, "gloro_lower_bounds", _gloro_bounds_in_one_piece)
             return rp.certify(*args, **kwargs)
@@ -114,7 +114,7 @@ def test_bound_propagation_certificates_equal_full_sort_reference(monkeypatch, c
     for name, model, x in _models():
         new = rp.certify(model, x[:40], eps=0.05, norm="inf", certifier=certifier, guarantee=guarantee)
         with monkeypatch.context() as patch:
-            patch.setattr("relaxplug.adapters.base.rank_order", lambda logits, k=None: _full_sort(logits.detach()))
+            patch.setattr("relaxplug.adapters.base.rank_order", lambda logits, k=None: full_sort_order(logits.detach()))
             old = rp.certify(model, x[:40], eps=0.05, norm="inf", certifier=certifier, guarantee=guarantee)
         for field in ("pred", "certified", "k", "classes", "margin"):
             assert torch.equal(getattr(new, field), getattr(old, field)), (name, field)
