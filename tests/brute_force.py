@@ -7,7 +7,6 @@ the L-inf ball), so top-k robustness is decided exactly.
 
 from __future__ import annotations
 
-
 import itertools
 
 import torch
