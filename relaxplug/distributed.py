@@ -20,7 +20,9 @@ from typing import Any, Mapping, Sequence
 
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import Dataset, DistributedSampler
 
 from relaxplug.runtime import resolve_device
 
@@ -31,6 +33,9 @@ __all__ = [
     "setup",
     "teardown",
     "shard_range",
+    "per_process_batch",
+    "training_sampler",
+    "wrap_model",
     "gather_to_main",
     "reduce_sums",
     "broadcast_tensors",
@@ -133,14 +138,52 @@ def teardown(context: DistributedContext) -> None:
         dist.destroy_process_group()
 
 
-def shard_range(n_items: int, context: DistributedContext) -> range:
-    """This rank's contiguous block of ``range(n_items)``: block ``r`` of ``world_size`` blocks
-    whose sizes differ by at most one (the first ``n_items % world_size`` blocks hold one more)."""
+def shard_range(n_items: int, context: DistributedContext, granularity: int = 1) -> range:
+    """This rank's contiguous block of ``range(n_items)``.
+
+    The items are cut into chunks of ``granularity`` (the last may be shorter) and the chunks into
+    ``world_size`` contiguous blocks whose sizes differ by at most one chunk (the first ranks take
+    the extra ones). With ``granularity`` equal to the batch size, every rank certifies exactly the
+    batches a one-process run certifies, so per-point results are bit-identical to it.
+    """
     if n_items < 0:
         raise ValueError(f"n_items must be >= 0, got {n_items}")
-    base, extra = divmod(n_items, context.world_size)
-    start = context.rank * base + min(context.rank, extra)
-    return range(start, start + base + (1 if context.rank < extra else 0))
+    if granularity < 1:
+        raise ValueError(f"granularity must be >= 1, got {granularity}")
+    chunks = -(-n_items // granularity)
+    base, extra = divmod(chunks, context.world_size)
+    first = context.rank * base + min(context.rank, extra)
+    last = first + base + (1 if context.rank < extra else 0)
+    return range(min(first * granularity, n_items), min(last * granularity, n_items))
+
+
+def per_process_batch(global_batch: int, context: DistributedContext) -> int:
+    """The batch each process loads for a ``global_batch`` (the config's ``batch_size``) split over
+    ``world_size`` processes; it must divide evenly, so one step sees the same samples at every
+    process count."""
+    if global_batch % context.world_size:
+        raise ValueError(f"batch_size {global_batch} is the global batch and must be divisible by the number of "
+                         f"processes ({context.world_size}); each process loads batch_size / processes")
+    return global_batch // context.world_size
+
+
+def training_sampler(dataset: Dataset, context: DistributedContext, seed: int) -> DistributedSampler:
+    """``DistributedSampler`` over ``dataset``: each epoch (``set_epoch``) one permutation drawn from
+    ``seed + epoch``, dealt round-robin to the ranks (rank ``r`` takes positions ``r, r + W, ...``), so
+    consecutive per-process batches of ``B / W`` together form the global batch of ``B`` consecutive
+    positions, whatever ``W``. When ``W`` does not divide the data set, the first samples of the
+    permutation are repeated to fill the last step (``drop_last=False``)."""
+    return DistributedSampler(dataset, num_replicas=context.world_size, rank=context.rank, shuffle=True,
+                              seed=seed, drop_last=False)
+
+
+def wrap_model(model: nn.Module, context: DistributedContext) -> nn.Module:
+    """``DistributedDataParallel(model)`` for several processes (gradients averaged over ranks at
+    ``backward``; buffers broadcast from rank 0 before each forward), ``model`` itself otherwise."""
+    if not context.distributed:
+        return model
+    device_ids = [context.device.index] if context.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=True)
 
 
 def gather_to_main(value: Any, context: DistributedContext) -> list[Any] | None:

@@ -47,13 +47,24 @@ def test_bad_torchrun_variables_are_named(env, message):
 
 
 def test_shards_cover_every_item_once_in_order():
-    for n in (0, 1, 5, 23, 64):
+    for n in (0, 1, 5, 23, 64, 100):
         for world in (1, 2, 3, 8):
-            blocks = [shard_range(n, DistributedContext(rank=r, world_size=world)) for r in range(world)]
-            assert [i for block in blocks for i in block] == list(range(n))
-            assert max(map(len, blocks)) - min(map(len, blocks)) <= 1
+            for granularity in (1, 4, 32):
+                blocks = [shard_range(n, DistributedContext(rank=r, world_size=world), granularity) for r in range(world)]
+                assert [i for block in blocks for i in block] == list(range(n))
+                assert all(block.start % granularity == 0 for block in blocks if len(block))  # whole batches
+                lengths = [-(-len(block) // granularity) for block in blocks]
+                assert max(lengths) - min(lengths) <= 1
     with pytest.raises(ValueError, match="n_items"):
         shard_range(-1, DistributedContext())
+    with pytest.raises(ValueError, match="granularity"):
+        shard_range(4, DistributedContext(), 0)
+
+
+def test_per_process_batch_divides_the_global_batch():
+    assert distributed.per_process_batch(64, DistributedContext(rank=1, world_size=4)) == 16
+    with pytest.raises(ValueError, match="divisible by the number of processes"):
+        distributed.per_process_batch(10, DistributedContext(rank=0, world_size=4))
 
 
 def test_two_processes_gather_reduce_broadcast(tmp_path):
