@@ -7,7 +7,11 @@ pair matrix are computed once per set of weights and cached; their one-off cost 
 separately. Certification reads ``K x n`` margins per point (inherent); what it must not do is
 sort all ``n`` logits or make many passes over ``(B, K, n)`` tensors.
 
-Usage: python benchmarks/class_scaling.py [--batch 512] [--classes 10 100 1000 10000] [--device cpu]
+On a machine shared with other work, ``--threads 1`` is the steadier figure: with several
+threads each of certification's many small operations waits for its slowest thread, which a
+loaded machine deschedules, while the forward pass is a few large operations.
+
+Usage: python benchmarks/class_scaling.py [--batch 512] [--classes 10 100 1000 10000] [--threads N] [--device cpu]
 """
 
 from __future__ import annotations
@@ -32,7 +36,10 @@ def main() -> None:
     parser.add_argument("--K", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
     x = torch.rand(args.batch, 3, 32, 32, device=device)
