@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from relaxplug.adapters import Guarantee, MarginRequest
-from relaxplug.lipschitz.stack import LIPSCHITZ_MODES, estimator_for
+from relaxplug.lipschitz import LIPSCHITZ_MODES, estimator_for
 
 from relaxplug.certifiers.base import Certifier, register_certifier, rounding_allowance
 
@@ -28,12 +28,13 @@ def gloro_lower_bounds(
     eps: float,
     n_candidates: int,
     *,
-    allowance: bool = False,
+    forward_error: Tensor | None = None,
     chunk: int = 64,
 ) -> Tensor:
-    """``lower[b, r, s] = f_{o_r} - f_{o_s} - eps * K_{o_r o_s}`` (Equation C5), minus the
-    float rounding allowance ``rounding_allowance(logits, eps * K_{o_r o_s})`` when
-    ``allowance`` is set (certification; training leaves it out).
+    """``lower[b, r, s] = f_{o_r} - f_{o_s} - eps * K_{o_r o_s}`` (Equation C5). For certification
+    ``forward_error`` (``(B, 1, 1)``, the rounding error of the computed logits) is given and the
+    allowance ``rounding_allowance(logits, eps * K_{o_r o_s}) + forward_error`` is subtracted as
+    well; training leaves both out.
 
     Computed ``chunk`` points at a time so the ``(chunk, K, n)`` intermediates stay in cache;
     each point's value does not depend on the chunking.
@@ -49,8 +50,8 @@ def gloro_lower_bounds(
         lower = ranked[rows, :n_candidates, None] - ranked[rows, None, :]  # (b, K, n)
         scaled = rank_pairs(pair_lipschitz, order[rows], n_candidates).mul_(eps)  # eps * K_{o_r o_s}
         lower = lower.sub_(scaled)
-        if allowance:
-            lower = lower.sub_(rounding_allowance(logits[rows], scaled))
+        if forward_error is not None:
+            lower = lower.sub_(rounding_allowance(logits[rows], scaled) + forward_error[rows])
         parts.append(lower)
     return parts[0] if len(parts) == 1 else torch.cat(parts)
 
@@ -59,11 +60,11 @@ def gloro_lower_bounds(
 class GloRoCertifier(Certifier):
     """Lipschitz-margin certifier, L2 only.
 
-    Layer stacks (``nn.Sequential`` of Linear, Conv2d, MinMax, ReLU, InvertibleDownsample,
-    Residual, Normalize, ...) use the layer-wise bounds of :mod:`relaxplug.lipschitz.stack`; any other
-    model (BatchNorm in eval mode, residual blocks written in ``forward``, pooling, other
-    activations) is traced with torch.fx and bounded by :mod:`relaxplug.lipschitz.graph`: sound,
-    but looser (a product of per-layer norms along every path).
+    The model is traced with torch.fx and bounded by :mod:`relaxplug.lipschitz.graph` (layers
+    with the Lipschitz protocol are leaves; other ops by an allow-list of proven constants).
+    Every margin bound subtracts the forward pass's rounding error (``2 E(||x||)``, the model of
+    :mod:`relaxplug.lipschitz.rounding`, which follows intermediate magnitudes) and the rounding
+    of the bound's own arithmetic (``rounding_allowance``).
 
     Args:
         lipschitz: ``"sound"`` (provable bounds, default) or ``"power"`` (converged power
@@ -84,13 +85,19 @@ class GloRoCertifier(Certifier):
         estimator = estimator_for(model, input_shape)
         return estimator.pair_lipschitz(self.lipschitz).to(estimator.dtype)
 
+    def forward_error(self, model: nn.Module, x: Tensor) -> Tensor:
+        """``(B, 1, 1)`` allowance for the computed logits' rounding: ``2 (e0 + e1 ||x||)`` per point."""
+        error = estimator_for(model, x.shape[1:]).forward_error()
+        return (2.0 * error(x))[:, None, None]
+
     def bounds(self, model: nn.Module, x: Tensor, logits: Tensor, requests: Sequence[MarginRequest], norm: float) -> list[Tensor]:
         self.check_norm(norm)
         pair_k = self.pair_lipschitz(model, x.shape[1:]).to(logits.device)
+        forward = self.forward_error(model, x).to(logits)
         out = []
         for request in requests:
             out.append(gloro_lower_bounds(logits, request.order, pair_k, request.eps, request.n_candidates,
-                                          allowance=True))
+                                          forward_error=forward))
         return out
 
     def radius(self, model: nn.Module, x: Tensor, logits: Tensor, guarantee: Guarantee, norm: float) -> Tensor | None:
@@ -109,8 +116,8 @@ class GloRoCertifier(Certifier):
         gaps = ranked[:, :k, None] - ranked[:, None, :]
         lipschitz = rank_pairs(pair_k, request.order, k)
         # rounding allowance at radius r is rtol*(2max|f| + r K); solve gap - a - rtol r K - r K > 0
-        rtol_scale = rounding_allowance(logits, 0.0)
-        rtol = rounding_allowance(logits, 1.0) - rtol_scale
+        rtol_scale = rounding_allowance(logits, 0.0) + self.forward_error(model, x).to(logits)
+        rtol = rounding_allowance(logits, 1.0) - rounding_allowance(logits, 0.0)
         ratio = (gaps - rtol_scale) / (lipschitz * (1 + rtol)).clamp_min(torch.finfo(logits.dtype).tiny)
         result = guarantee.evaluate(request.order, [ratio])
         return result.margin.clamp_min(0.0)

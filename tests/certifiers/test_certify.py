@@ -2,7 +2,7 @@
 
 The reference patches in the previous implementation: a stable sort of all ``n`` logits, margins
 by suffix scans over all ``n`` columns, class masks from full ranks, and GloRo bounds built as
-``(gaps - eps K) - rounding_allowance(logits, eps K)`` in one piece over the batch.
+``(gaps - eps K) - (rounding_allowance(logits, eps K) + forward_error)`` in one piece over the batch.
 """
 
 import pytest
@@ -35,11 +35,11 @@ def _class_mask_from_ranks(order, k, max_k=None):
     return ranks < k[:, None]
 
 
-def _gloro_bounds_in_one_piece(logits, order, pair, eps, n_candidates, *, allowance=False, chunk=None):
+def _gloro_bounds_in_one_piece(logits, order, pair, eps, n_candidates, *, forward_error=None, chunk=None):
     ranked = logits.gather(1, order)
     lower = ranked[:, :n_candidates, None] - ranked[:, None, :] - eps * gloro.rank_pairs(pair, order, n_candidates)
-    if allowance:
-        lower = lower - rounding_allowance(logits, eps * gloro.rank_pairs(pair, order, n_candidates))
+    if forward_error is not None:
+        lower = lower - (rounding_allowance(logits, eps * gloro.rank_pairs(pair, order, n_candidates)) + forward_error)
     return lower
 
 
