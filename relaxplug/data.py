@@ -30,7 +30,7 @@ import inspect
 import os
 import pickle
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -55,6 +55,7 @@ __all__ = [
     "DatasetSplits",
     "ImageFileDataset",
     "default_root",
+    "fit_class_count",
     "list_datasets",
     "load_dataset",
     "register_dataset",
@@ -154,6 +155,36 @@ class DatasetSplits:
     input_shape: tuple[int, ...]
     class_names: tuple[str, ...]
     groupings: dict[str, tuple[tuple[int, ...], ...]] = field(default_factory=dict)
+    #: ``True`` when ``n_classes`` was only inferred from the largest label (an ``.npz`` without
+    #: ``class_names``): a model's class count may then be larger (see :func:`fit_class_count`)
+    classes_from_labels: bool = False
+
+
+def _max_label(dataset: Dataset) -> int:
+    targets = getattr(dataset, "targets", None)
+    if targets is None:
+        return max((int(dataset[i][1]) for i in range(len(dataset))), default=-1)
+    return int(torch.as_tensor(targets).max()) if len(targets) else -1
+
+
+def fit_class_count(splits: DatasetSplits, n_classes: int, what: str = "the model") -> DatasetSplits:
+    """``splits`` with the class count of the model that reads them (``n_classes``).
+
+    A data set whose class count was only inferred from its labels (an ``.npz`` without
+    ``class_names``) may hold a subset of the model's classes: its count becomes
+    ``n_classes`` when every label is below it. Otherwise the counts must agree; a mismatch
+    raises ``ValueError`` naming both counts (and the largest label when it is out of range).
+    """
+    n_classes = int(n_classes)
+    if splits.n_classes == n_classes:
+        return splits
+    largest = max(_max_label(splits.train), _max_label(splits.test))
+    if largest >= n_classes:
+        raise ValueError(f"data set {splits.name!r} has labels up to {largest}, but {what} has {n_classes} classes "
+                         f"(labels must lie in [0, {n_classes}))")
+    if not splits.classes_from_labels:
+        raise ValueError(f"data set {splits.name!r} has {splits.n_classes} classes, {what} {n_classes}")
+    return replace(splits, n_classes=n_classes, class_names=tuple(str(i) for i in range(n_classes)))
 
 
 class ArrayDataset(Dataset):
@@ -228,10 +259,15 @@ def default_root() -> Path:
 def load_dataset(name: str, root: str | os.PathLike | None = None, **options: Any) -> DatasetSplits:
     """Load data set ``name`` (see :func:`list_datasets`) from ``root`` with loader ``options``.
 
+    ``name`` may also be a ``FILE.npz`` (the ``npz`` loader with ``path=FILE.npz``).
     ``root`` defaults to :func:`default_root`; unknown names raise ``ValueError`` listing the
     known ones, unknown options raise ``ValueError`` listing the accepted ones.
     """
     key = str(name).strip().lower()
+    if key.endswith(".npz"):  # a file given where a name is expected: the npz loader
+        if "path" in options:
+            raise ValueError(f"dataset {name!r} is a file and option path={options['path']!r} another")
+        key, options = "npz", {**options, "path": str(name)}
     loader = DATASETS.get(key)
     accepted = [p for p in inspect.signature(loader).parameters if p != "root"]
     unknown = sorted(set(options) - set(accepted))
@@ -643,6 +679,13 @@ def _npz_inputs(x: np.ndarray, key: str, path: Path) -> torch.Tensor:
     if np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer):
         if x.ndim < 2:
             raise ValueError(f"{path}: '{key}' must have shape (N, ...), got {x.shape}")
+        if x.size and not np.all(np.isfinite(x)):
+            raise ValueError(f"{path}: '{key}' holds NaN or infinite values")
+        if x.ndim >= 3 and x.size:
+            low, high = float(x.min()), float(x.max())
+            if low < 0.0 or high > 1.0:
+                hint = " (0-255 pixels? divide by 255 or store uint8 NHWC)" if high > 1.0 and low >= 0.0 else ""
+                raise ValueError(f"{path}: float images '{key}' must lie in [0, 1], got values in [{low:g}, {high:g}]{hint}")
         return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     raise ValueError(f"{path}: '{key}' has unsupported dtype {x.dtype}")
 
@@ -655,8 +698,11 @@ def _load_npz(root: Path, path: str | os.PathLike | None = None, n_classes: int 
       * float (any float/int dtype except uint8): taken as is, shape ``(N, *input_shape)``
         (NCHW for images, ``(N, d)`` for vectors), converted to float32, *not* rescaled; or
       * uint8 images, NHWC (or NHW): transposed to NCHW and scaled by 1/255.
+    Float images (3 or more dimensions) must lie in ``[0, 1]`` (0-255 floats are refused), and
+    no array may hold NaN or infinities; vectors (``(N, d)``) are taken as they are.
     ``y``: integer labels in ``[0, n_classes)``; ``n_classes`` defaults to
-    ``len(class_names)`` if given, else ``max label + 1``. A relative ``path`` is looked up in
+    ``len(class_names)`` if given, else ``max label + 1`` (then only a lower bound: a model
+    with more classes may read the file, see :func:`fit_class_count`). A relative ``path`` is looked up in
     the working directory first, then under ``root``.
     """
     if path is None:
@@ -696,6 +742,7 @@ def _load_npz(root: Path, path: str | os.PathLike | None = None, n_classes: int 
         raise ValueError(f"{file}: x_train and x_test shapes differ: {tuple(xs['train'].shape[1:])} vs {tuple(xs['test'].shape[1:])}")
 
     class_names = None if names_array is None else tuple(str(n) for n in np.asarray(names_array).reshape(-1))
+    inferred = n_classes is None and class_names is None
     if n_classes is None:
         if class_names is not None:
             n_classes = len(class_names)
@@ -714,4 +761,5 @@ def _load_npz(root: Path, path: str | os.PathLike | None = None, n_classes: int 
         input_shape=tuple(int(d) for d in xs["train"].shape[1:]),
         class_names=class_names if class_names is not None else tuple(str(i) for i in range(n_classes)),
         groupings={},
+        classes_from_labels=inferred,
     )

@@ -470,3 +470,54 @@ def test_npz_errors(tmp_path):
     shapes = write("shapes.npz", **{**good, "x_test": np.zeros((2, 3), np.float32)})
     with pytest.raises(ValueError, match="shapes differ"):
         load_dataset("npz", path=shapes)
+
+
+def _write_npz(path, x_train, y_train, x_test=None, y_test=None, **extra):
+    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_train if x_test is None else x_test,
+             y_test=y_train if y_test is None else y_test, **extra)
+    return path
+
+
+def test_npz_float_images_outside_unit_range_are_refused(tmp_path):
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(4, 3, 4, 4)).astype(np.float32)  # 0-255 floats: a common slip
+    path = _write_npz(tmp_path / "raw.npz", pixels, np.array([0, 1, 2, 3]))
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\].*divide by 255"):
+        load_dataset("npz", path=path)
+    negative = _write_npz(tmp_path / "neg.npz", pixels / 255 - 0.5, np.array([0, 1, 2, 3]))
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\], got values in \[-0.5"):
+        load_dataset("npz", path=negative)
+    nan = pixels / 255
+    nan[0, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        load_dataset("npz", path=_write_npz(tmp_path / "nan.npz", nan, np.array([0, 1, 2, 3])))
+    scaled = load_dataset("npz", path=_write_npz(tmp_path / "ok.npz", pixels / 255, np.array([0, 1, 2, 3])))
+    assert float(scaled.test[0][0].max()) <= 1.0
+    vectors = load_dataset("npz", path=_write_npz(tmp_path / "vec.npz", rng.normal(size=(4, 5)) * 100, np.array([0, 1, 0, 1])))
+    assert vectors.input_shape == (5,)  # vectors (ACAS Xu inputs) are taken as they are
+
+
+def test_npz_class_count_comes_from_the_model_not_the_largest_label(tmp_path):
+    x = np.zeros((4, 1, 2, 2), dtype=np.float32)
+    subset = load_dataset("npz", path=_write_npz(tmp_path / "subset.npz", x, np.array([0, 3, 8, 8])))
+    assert subset.n_classes == 9 and subset.classes_from_labels
+    fitted = D.fit_class_count(subset, 10)  # a valid subset of a 10-class model's classes
+    assert fitted.n_classes == 10 and fitted.class_names == tuple(str(i) for i in range(10))
+    assert D.fit_class_count(fitted, 10) is fitted
+    beyond = load_dataset("npz", path=_write_npz(tmp_path / "beyond.npz", x, np.array([0, 1, 15, 2])))
+    with pytest.raises(ValueError, match=r"labels up to 15, but the checkpoint has 10 classes"):
+        D.fit_class_count(beyond, 10, "the checkpoint")
+    named = load_dataset("npz", path=_write_npz(tmp_path / "named.npz", x, np.array([0, 1, 2, 1]),
+                                                 class_names=np.array(["a", "b", "c"])))
+    with pytest.raises(ValueError, match="has 3 classes, the model 10"):  # declared names: counts must agree
+        D.fit_class_count(named, 10)
+    with pytest.raises(ValueError, match="has 10 classes, the model 12"):
+        D.fit_class_count(load_dataset("digits"), 12)
+
+
+def test_a_npz_file_is_accepted_where_a_data_set_name_is(tmp_path):
+    x = np.zeros((2, 1, 2, 2), dtype=np.float32)
+    path = _write_npz(tmp_path / "mine.npz", x, np.array([0, 1]))
+    assert load_dataset(str(path)).name == "npz"
+    with pytest.raises(ValueError, match="is a file and option path"):
+        load_dataset(str(path), path="other.npz")

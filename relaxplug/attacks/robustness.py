@@ -639,7 +639,7 @@ def load_evaluation(
     dataset, device)``.
     """
     from relaxplug.models.checkpoint import load_checkpoint
-    from relaxplug.data import load_dataset
+    from relaxplug.data import fit_class_count, load_dataset
     from relaxplug.runtime import resolve_device
 
     device = resolve_device(device)
@@ -648,9 +648,7 @@ def load_evaluation(
     config = meta.get("config") or {}
     name = data or meta["dataset"]
     options = config.get("dataset_options", {}) if name == meta["dataset"] else {}
-    splits = load_dataset(name, data_root or config.get("data_root"), **options)
-    if splits.n_classes != meta["n_classes"]:
-        raise ValueError(f"data set {name!r} has {splits.n_classes} classes, the checkpoint {meta['n_classes']}")
+    splits = fit_class_count(load_dataset(name, data_root or config.get("data_root"), **options), meta["n_classes"], "the checkpoint")
     spec = guarantee or meta.get("guarantee") or "standard"
     sets = meta.get("sets")
     if spec.strip().lower() in ("affinity", "superclass") and not sets:

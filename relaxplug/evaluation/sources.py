@@ -63,7 +63,7 @@ def load_zoo_evaluation(
         ``(zoo model, guarantee, guarantee string, eps, dataset split, device)``, like
         :func:`relaxplug.attacks.robustness.load_evaluation`.
     """
-    from relaxplug.data import GROUPINGS
+    from relaxplug.data import GROUPINGS, fit_class_count
     from relaxplug.runtime import resolve_device
 
     if (robustbench is None) == (lirpa_model is None):
@@ -91,8 +91,7 @@ def load_zoo_evaluation(
     if tuple(splits.input_shape) != tuple(zoo.input_shape):
         raise ValueError(f"data set {data_name!r} has inputs of shape {tuple(splits.input_shape)}, the model "
                          f"takes {tuple(zoo.input_shape)}")
-    if splits.n_classes != zoo.n_classes:
-        raise ValueError(f"data set {data_name!r} has {splits.n_classes} classes, the model {zoo.n_classes}")
+    splits = fit_class_count(splits, zoo.n_classes)
     spec = guarantee or "standard"
     sets = None
     if spec.strip().lower() in ("affinity", "superclass"):

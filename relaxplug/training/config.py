@@ -19,12 +19,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import yaml
 
+from relaxplug.runtime import parse_device
 from relaxplug.training.methods import METHODS, RunSettings
 from relaxplug.training.optim import OPTIMIZERS
 from relaxplug.training.schedules import parse_schedule
@@ -144,14 +146,17 @@ class TrainConfig:
     method_options: Any = None
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.eps, (int, float)) and not isinstance(self.eps, bool) and self.eps >= 0):
-            raise ValueError(f"eps must be a number >= 0, got {self.eps!r}")
+        _check_types(self)
+        if not (isinstance(self.eps, (int, float)) and not isinstance(self.eps, bool) and 0 <= self.eps < math.inf):
+            raise ValueError(f"eps must be a finite number >= 0, got {self.eps!r}")
         object.__setattr__(self, "norm", _parse_norm_value(self.norm))
         _positive_int(self.epochs, "epochs")
         _positive_int(self.batch_size, "batch_size")
-        if isinstance(self.eps_ramp_epochs, bool) or not isinstance(self.eps_ramp_epochs, int) \
-                or not 0 <= self.eps_ramp_epochs <= self.epochs:
-            raise ValueError(f"eps_ramp_epochs must be in [0, epochs], got {self.eps_ramp_epochs}")
+        _positive_int(self.eps_ramp_epochs, "eps_ramp_epochs", 0)
+        if self.eps_ramp_epochs > self.epochs:  # e.g. a shortened run of a long config: ramp over the whole run
+            warnings.warn(f"eps_ramp_epochs={self.eps_ramp_epochs} is longer than the run ({self.epochs} epochs): "
+                          f"clipped to {self.epochs}", stacklevel=3)
+            object.__setattr__(self, "eps_ramp_epochs", self.epochs)
         if not 0 <= _number(self.eps_min, "eps_min") <= self.eps:
             raise ValueError(f"eps_min must be in [0, eps={self.eps}], got {self.eps_min!r}")
         parse_schedule(self.lr)
@@ -192,6 +197,41 @@ class TrainConfig:
     @property
     def output_dir(self) -> Path:
         return Path(self.out_dir) if self.out_dir else Path("runs") / self.name
+
+
+#: what a common key's annotation accepts: (types, description for the error)
+_KINDS: dict[str, tuple[tuple[type, ...], str]] = {
+    "str": ((str,), "a string"),
+    "str | None": ((str, type(None)), "a string or null"),
+    "int": ((int,), "an integer"),
+    "int | None": ((int, type(None)), "an integer or null"),
+    "float": ((int, float), "a number"),
+    "float | None": ((int, float, type(None)), "a number or null"),
+    "dict": ((dict,), "a mapping of keys to values"),
+    "tuple | None": ((list, tuple, type(None)), "a list of class-index lists or null"),
+}
+#: keys whose values may also be numbers (a constant schedule) or are parsed by their own check
+_LENIENT = {"lr": (int, float), "norm": (str, int, float), "device": (str,)}
+
+
+def _check_types(config: "TrainConfig") -> None:
+    """Each common key's value against its annotation: ``ValueError`` naming the key, the
+    expected kind and the value (booleans are not numbers; ``limit_train`` is >= 1 or null)."""
+    for f in dataclasses.fields(config):
+        kind = _KINDS.get(str(f.type))
+        if kind is None:
+            continue  # sections and method options check themselves
+        value = getattr(config, f.name)
+        allowed = kind[0] + _LENIENT.get(f.name, ())
+        if isinstance(value, bool) or not isinstance(value, allowed):
+            raise ValueError(f"{f.name} must be {kind[1]}, got {value!r}")
+    if config.sets is not None and not all(isinstance(s, (list, tuple)) and all(isinstance(c, int) and not isinstance(c, bool)
+                                                                             for c in s) for s in config.sets):
+        raise ValueError(f"sets must be a list of class-index lists, e.g. [[0, 1], [2, 3]], got {config.sets!r}")
+    if config.limit_train is not None:
+        _positive_int(config.limit_train, "limit_train")
+    _positive_int(config.num_workers, "num_workers", 0)
+    parse_device(config.device)
 
 
 def _parse_norm_value(norm: object) -> float:
@@ -237,7 +277,10 @@ def _from_mapping(data: dict, source: str) -> TrainConfig:
     if unknown:
         raise ValueError(f"{source}: unknown config key(s) {unknown}; known keys: "
                          f"{sorted(_COMMON)} and the section {method!r}")
-    return TrainConfig(**data, method_options=options)
+    try:
+        return TrainConfig(**data, method_options=options)
+    except ValueError as error:
+        raise ValueError(f"{source}: {error}") from None
 
 
 def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> TrainConfig:
@@ -245,10 +288,31 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Train
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"config file not found: {file}")
-    data = yaml.safe_load(file.read_text()) or {}
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"config {file} is not a text file (a config is UTF-8 YAML)") from None
+    except yaml.YAMLError as error:
+        raise ValueError(f"config {file} is not valid YAML: {_yaml_problem(error)}") from None
+    if data is None:
+        raise ValueError(f"config {file} is empty: give at least the keys to change (see configs/)")
     if not isinstance(data, dict):
-        raise ValueError(f"{file}: a config is a mapping of keys to values")
+        raise ValueError(f"{file}: a config is a mapping of keys to values, got {type(data).__name__}")
     return _from_mapping(_merge_overrides(data, overrides), str(file))
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML error in one line: the problem and where (line and column, 1-based)."""
+    problem = getattr(error, "problem", None) or type(error).__name__
+    mark = getattr(error, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
+
+
+def _yaml_value(text: str, item: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ValueError(f"--set {item}: the value is not valid YAML: {_yaml_problem(error)}") from None
 
 
 def _merge_overrides(data: dict, overrides: Sequence[str]) -> dict:
@@ -263,9 +327,9 @@ def _merge_overrides(data: dict, overrides: Sequence[str]) -> dict:
             current = data.get(section) or {}
             if not isinstance(current, dict):
                 raise ValueError(f"--set {item}: {section!r} is not a section")
-            data[section] = {**current, sub: yaml.safe_load(value)}
+            data[section] = {**current, sub: _yaml_value(value, item)}
         else:
-            data[key] = yaml.safe_load(value)
+            data[key] = _yaml_value(value, item)
     return data
 
 

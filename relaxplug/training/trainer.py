@@ -27,7 +27,10 @@ from relaxplug.adapters import Guarantee, load_sets, resolve_guarantee
 from relaxplug.data import load_dataset
 from relaxplug.lipschitz import head_distances, load_lipschitz_state
 from relaxplug.models.architectures import build_model
+from relaxplug.errors import TrainingDiverged
+from relaxplug.evaluation.report import format_history
 from relaxplug.models.checkpoint import load_checkpoint, save_checkpoint
+from relaxplug.outputs import atomic_write, lock_output_dir
 from relaxplug.runtime import resolve_device, seed_everything
 from relaxplug.training.config import TrainConfig, config_to_dict
 from relaxplug.training.losses import gloro_instrumented, gloro_loss
@@ -104,7 +107,35 @@ def _optimizer(config: TrainConfig, module: nn.Module, lr: float):
 
 
 def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> TrainResult:
-    """Train per ``config``; checkpoints go to ``config.output_dir / "checkpoint.pt"``."""
+    """Train per ``config``; checkpoints go to ``config.output_dir / "checkpoint.pt"``.
+
+    The output directory is checked writable and locked for the run (a second run on it is
+    refused: :class:`relaxplug.outputs.OutputDirInUse`). A loss or weight that stops being
+    finite stops the run (:class:`relaxplug.errors.TrainingDiverged`) and keeps the last good
+    checkpoint. Each epoch appends to ``train.log`` (a table) and ``metrics.jsonl`` there.
+    """
+    with lock_output_dir(config.output_dir):
+        return _train(config, resume, progress)
+
+
+def _diverged(where: str, what: str, checkpoint: Path, epoch: int) -> TrainingDiverged:
+    kept = f"the last good checkpoint (epoch {epoch}) is kept: {checkpoint}" if epoch else "no checkpoint was written"
+    return TrainingDiverged(f"training diverged {where}: {what}; {kept} (lower lr or eps, or set optimizer.clip_grad_norm)")
+
+
+def _nonfinite_parameters(module: nn.Module) -> list[str]:
+    return [name for name, p in module.named_parameters() if not bool(torch.isfinite(p).all())]
+
+
+def _write_logs(out_dir: Path, history: list[dict[str, Any]]) -> None:
+    """``metrics.jsonl`` (one JSON record per epoch) and ``train.log`` (the same as a table)."""
+    lines = "".join(json.dumps(record) + "\n" for record in history).encode()
+    atomic_write(out_dir / "metrics.jsonl", lambda handle: handle.write(lines), "metrics")
+    table = (format_history(history, rows=len(history)) + "\n").encode()
+    atomic_write(out_dir / "train.log", lambda handle: handle.write(table), "training log")
+
+
+def _train(config: TrainConfig, resume: bool, progress: bool) -> TrainResult:
     device = resolve_device(config.device)
     generator = seed_everything(config.seed)
     data = load_dataset(config.dataset, config.data_root, **config.dataset_options)
@@ -169,6 +200,9 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> Tr
                 for group in optimizer.param_groups:
                     group["lr"] = lr * warmup_factor(step, len(loader), warmup)
             out = method.step(x, y, step, len(loader))
+            if not bool(torch.isfinite(out.loss.detach())):
+                raise _diverged(f"at epoch {epoch + 1}, batch {batch_index + 1}", f"the loss is {out.loss.item()}",
+                                checkpoint_path, epoch)
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             if clip is not None:
@@ -191,6 +225,9 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> Tr
             "train_instrumented_accuracy": totals["robust_correct"] / totals["count"],
             "seconds": time.perf_counter() - start,
         }
+        broken = _nonfinite_parameters(method.module)
+        if broken:
+            raise _diverged(f"in epoch {epoch + 1}", f"non-finite weights in {', '.join(broken[:3])}", checkpoint_path, epoch)
         history.append(record)
         logger.info("epoch %d: %s", epoch + 1, record)
         state = {
@@ -205,6 +242,10 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> Tr
             state["training_model"] = model.state_dict()
         saved = ema.model if ema is not None else model
         save_checkpoint(checkpoint_path, saved, _metadata(config, data, guarantee, sets, epoch + 1), state)
+        _write_logs(out_dir, history)
+        if progress:
+            table = format_history([record])  # the epoch's row stays on screen; the bar clears itself
+            bar.write(table if epoch == start_epoch else table.splitlines()[-1])
 
     model.eval()
     metadata = _metadata(config, data, guarantee, sets, config.epochs)

@@ -48,3 +48,78 @@ def test_interrupted_write_keeps_previous(tmp_path, monkeypatch):
         save_checkpoint(path, model, _meta("mlp", (2,), 3))
     assert path.read_bytes() == before
     assert not list(tmp_path.glob(".*tmp"))
+
+
+def _corrupt_kinds(tmp_path):
+    """A file of each kind that is not a usable checkpoint -> the words its error must contain."""
+    good = save_checkpoint(tmp_path / "good.pt", build_model("mlp", (2,), 3), _meta("mlp", (2,), 3))
+    data = good.read_bytes()
+    kinds = {
+        "empty": (b"", "is empty (0 bytes)"),
+        "truncated": (data[: len(data) // 2], "truncated or corrupt"),
+        "garbage": (bytes(range(256)) * 4, "not a readable checkpoint"),
+        "text": (b"not a checkpoint at all\n" * 20, "not a readable checkpoint"),
+    }
+    files = {}
+    for name, (content, words) in kinds.items():
+        path = tmp_path / f"{name}.pt"
+        path.write_bytes(content)
+        files[name] = (path, words)
+
+    class Payload:  # pickled by reference: a weights-only load must refuse it, never run it
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "relaxplug-checkpoint-v1", "x": Payload()}, evil)
+    files["objects"] = (evil, "holds Python objects other than tensors and plain data (print)")
+    no_meta = tmp_path / "no_meta.pt"
+    torch.save({"format": "relaxplug-checkpoint-v1", "metadata": {"architecture": "mlp", "input_shape": [2]},
+                "model": {}, "state": None}, no_meta)
+    files["missing key"] = (no_meta, "lacks metadata key(s) n_classes")
+    bad_meta = tmp_path / "bad_meta.pt"
+    torch.save({"format": "relaxplug-checkpoint-v1", "metadata": {"architecture": "mlp", "input_shape": "abc", "n_classes": 3},
+                "model": {}, "state": None}, bad_meta)
+    files["wrong type"] = (bad_meta, "'input_shape' must be a list of positive ints")
+    unknown_arch = tmp_path / "unknown_arch.pt"
+    torch.save({"format": "relaxplug-checkpoint-v1", "metadata": _meta("resnet9000", (2,), 3), "model": {}, "state": None}, unknown_arch)
+    files["unknown architecture"] = (unknown_arch, "resnet9000")
+    return files
+
+
+def test_every_kind_of_broken_checkpoint_is_one_clear_error(tmp_path, capsys):
+    for kind, (path, words) in _corrupt_kinds(tmp_path).items():
+        with pytest.raises(CheckpointError) as info:
+            load_checkpoint(path)
+        message = str(info.value)
+        assert words in message and str(path) in message, (kind, message)
+        assert "weights_only" not in message and "\n" not in message, (kind, message)
+    assert "pwned" not in capsys.readouterr().out
+
+
+def test_a_failed_write_keeps_the_previous_checkpoint_and_no_temporary(tmp_path, monkeypatch):
+    model = build_model("mlp", (2,), 3)
+    path = save_checkpoint(tmp_path / "ck.pt", model, _meta("mlp", (2,), 3))
+    before = path.read_bytes()
+
+    def disk_full(obj, handle):  # what torch raises when its writer cannot write
+        handle.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError, match=r"cannot write checkpoint .*ck.pt': the write failed \(disk full"):
+        save_checkpoint(path, model, _meta("mlp", (2,), 3))
+    assert path.read_bytes() == before
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_a_temporary_left_by_a_killed_writer_is_removed_on_the_next_save(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    orphan = tmp_path / f".ck.pt.{dead.stdout.strip()}.abc123.tmp"  # a kill between write and rename
+    orphan.write_bytes(b"half a checkpoint")
+    save_checkpoint(tmp_path / "ck.pt", build_model("mlp", (2,), 3), _meta("mlp", (2,), 3))
+    assert not orphan.exists()
+    assert load_checkpoint(tmp_path / "ck.pt").metadata["n_classes"] == 3

@@ -215,7 +215,7 @@ def test_cli_eval_lirpa_model_on_digits(tmp_path, capsys):
                  "--limit", "8", "--quiet", "--out", str(tmp_path / "out")])
     assert code == 0
     assert "crown-ibp crown-ibp/cnn_2layer" in capsys.readouterr().out
-    record = json.loads((tmp_path / "out" / "eval.json").read_text())
+    record = json.loads(next((tmp_path / "out").glob("eval_*.json")).read_text())
     assert record["points"] == 8 and record["rejection_rate"] == 0.0 and record["norm"] in ("inf", float("inf"))
     code = main(["eval", "--lirpa-model", "crown-ibp/cnn_2layer", "--lirpa-checkpoint", str(tmp_path / "cnn_2layer.pth"),
                  "--data", "digits", "--eps", "0.1"])
