@@ -61,6 +61,11 @@ class Affinity(Guarantee):
                     f"affinity set #{position} has {len(members)} classes, more than the "
                     f"model's {n_classes}"
                 )
+            if len(members) == n_classes:
+                raise ValueError(
+                    f"{self.name} set #{position} holds every one of the {n_classes} classes: a set of "
+                    "every class is a vacuous claim (certifies any point at any radius), as RTK K = n"
+                )
             bad = [c for c in members if c >= n_classes]
             if bad:
                 raise ValueError(

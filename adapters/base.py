@@ -24,6 +24,9 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from relaxplug.adapters.certificate import Certificate
+from relaxplug.adapters.claims import Claim
+
 __all__ = [
     "Guarantee",
     "GuaranteeResult",
@@ -147,10 +150,25 @@ class GuaranteeResult:
 class Guarantee:
     """Base class: a guarantee is its set of acceptable ``k`` per point (prefix-closed).
 
-    Subclasses implement :meth:`max_k` and :meth:`accept`; :meth:`evaluate` is shared.
+    Subclasses implement :meth:`max_k` and :meth:`accept`; :meth:`evaluate` is shared. A
+    guarantee whose statement is not "the certified top-k set is kept" overrides the hooks
+    (IGRP does; ``docs/guarantees.md``, "Writing a guarantee"):
+
+    - :attr:`carries_radii` and :meth:`radii`: radii fixed by the guarantee itself;
+    - :meth:`requests` and :meth:`evaluate`: which margins to bound, and the verdict on them;
+    - :meth:`certificate`: the certificate ``certify`` returns (extra fields of the guarantee);
+    - :meth:`claims`: what a certificate asserts, as :class:`~relaxplug.adapters.claims.Claim`
+      batches (what attacks check);
+    - :meth:`candidate_claims` and :meth:`survivors`: every claim the guarantee could make at a
+      point, and the verdict once attacks have tried them (empirical robustness).
     """
 
     name: str = "guarantee"
+
+    #: ``True`` when the guarantee fixes its own radii (IGRP: ``eps_in``, ``eps_out``):
+    #: ``certify`` then takes ``eps=None`` (or the outer radius) and :meth:`radii` ``(None)``
+    #: returns them. ``False``: one radius, the caller's ``eps``.
+    carries_radii: bool = False
 
     def max_k(self, n_classes: int) -> int:
         raise NotImplementedError
@@ -192,6 +210,34 @@ class Guarantee:
             classes=topk_class_mask(order, k, per_k.shape[1]),
             per_k=per_k,
         )
+
+    def certificate(self, cert: Certificate, result: GuaranteeResult) -> Certificate:
+        """The certificate ``certify`` returns, from the shared fields and :meth:`evaluate`'s
+        result; a guarantee with more parts returns a subclass carrying them."""
+        return cert
+
+    def claims(self, cert: Certificate) -> tuple[Claim, ...]:
+        """What ``cert`` asserts: every certified point keeps its certified set ``F^k`` as the
+        top-k set on the ``cert.eps`` ball (``W = F^k``, ``L`` = the other classes)."""
+        point = cert.certified.nonzero(as_tuple=True)[0]
+        return (Claim.of_sets("set", cert.eps, point, cert.classes[point]),)
+
+    def candidate_claims(self, order: Tensor, eps: float) -> tuple[Claim, ...]:
+        """Every claim the guarantee accepts at each point (``order`` the clean rank order): one
+        per acceptable ``k``, ``F^k`` kept on the ``eps`` ball."""
+        point, k_index = self.accept(order).nonzero(as_tuple=True)
+        return (Claim.of_sets("set", eps, point, topk_class_mask(order[point], k_index + 1)),)
+
+    def survivors(self, order: Tensor, claims: Sequence[Claim], survived: Sequence[Tensor]) -> Tensor:
+        """The empirical verdict: ``(B, n)`` bool, the classes a point is robustly assigned to
+        given which :meth:`candidate_claims` ``survived`` (one ``(C,)`` bool per claim batch);
+        an empty row is not robust. Here: ``F^k`` of the loosest surviving ``k``."""
+        k = torch.zeros(order.shape[0], dtype=torch.long, device=order.device)
+        for claim, alive in zip(claims, survived):
+            sizes = claim.winners.sum(dim=1).to(order.device)
+            sizes = torch.where(alive.to(order.device), sizes, torch.zeros_like(sizes))
+            k = k.scatter_reduce(0, claim.point.to(order.device), sizes, reduce="amax")
+        return topk_class_mask(order, k)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

@@ -35,9 +35,24 @@ class Certificate:
     def __len__(self) -> int:
         return int(self.pred.shape[0])
 
+    def check_labels(self, labels: Tensor) -> Tensor:
+        """``labels`` as a ``(B,)`` long tensor on the certificate's device; ``ValueError`` when
+        their count differs from the points' or a label is not a class index ``0..n-1``."""
+        labels = torch.as_tensor(labels).to(self.classes.device)
+        if labels.ndim != 1 or labels.shape[0] != len(self):
+            raise ValueError(f"labels must have shape ({len(self)},), got {tuple(labels.shape)}")
+        if labels.is_floating_point() and bool((labels != labels.round()).any()):
+            raise ValueError("labels must be integer class indices")
+        labels = labels.long()
+        n = self.classes.shape[1]
+        bad = (labels < 0) | (labels >= n)
+        if bool(bad.any()):
+            raise ValueError(f"label {int(labels[bad][0])} is out of range for {n} classes")
+        return labels
+
     def robust_correct(self, labels: Tensor) -> Tensor:
         """``(B,)`` bool: certified and the label lies in the certified set (the seeds' VRA)."""
-        labels = labels.to(self.classes.device).long()
+        labels = self.check_labels(labels)
         inside = self.classes.gather(1, labels[:, None])[:, 0]
         return self.certified & inside
 

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from relaxplug.adapters.certificate import Certificate
-
+from relaxplug.adapters.claims import Claim
 from relaxplug.adapters.base import Guarantee, GuaranteeResult, MarginRequest, rank_order, topk_class_mask, topk_margins
 
 __all__ = ["IGRP", "IGRPCertificate", "IGRPResult", "check_partition"]
@@ -113,12 +113,12 @@ class IGRPCertificate(Certificate):
 
     def verified_in_correct(self, labels: Tensor) -> Tensor:
         """``(B,)`` bool: top-1 certified at ``eps_in`` and the prediction is the label."""
-        labels = labels.to(self.pred.device).long()
+        labels = self.check_labels(labels)
         return self.verified_in & (self.pred == labels)
 
     def group_verified_correct(self, labels: Tensor) -> Tensor:
         """``(B,)`` bool: the predicted group is certified at ``eps_out`` and holds the label."""
-        labels = labels.to(self.group_classes.device).long()
+        labels = self.check_labels(labels)
         return self.group_verified & self.group_classes.gather(1, labels[:, None])[:, 0]
 
 
@@ -134,6 +134,7 @@ class IGRP(Guarantee):
     """
 
     name = "igrp"
+    carries_radii = True
 
     def __init__(self, groups: Sequence[Sequence[int]], eps_in: float, eps_out: float):
         self.groups = check_partition(groups)
@@ -236,6 +237,37 @@ class IGRP(Guarantee):
             eps_in=self.eps_in,
             eps_out=self.eps_out,
         )
+
+    def claims(self, cert: Certificate) -> tuple[Claim, Claim]:
+        """``"in"``: points with ``m_in > 0`` keep ``p`` on top against every class on the
+        ``eps_in`` ball; ``"out"``: points with ``m_out > 0`` keep ``p`` above every class outside
+        ``G(p)`` on the ``eps_out`` ball."""
+        if not isinstance(cert, IGRPCertificate):
+            raise TypeError(f"expected an IGRPCertificate (certify with an IGRP guarantee), got {type(cert).__name__}")
+        top1 = torch.nn.functional.one_hot(cert.pred, cert.classes.shape[1]).bool()
+        inner = cert.verified_in.nonzero(as_tuple=True)[0]
+        outer = cert.group_verified.nonzero(as_tuple=True)[0]
+        return (Claim("in", cert.eps_in, inner, top1[inner], ~top1[inner]),
+                Claim("out", cert.eps_out, outer, top1[outer], ~cert.group_classes[outer]))
+
+    def candidate_claims(self, order: Tensor, eps: float | None = None) -> tuple[Claim, Claim]:
+        """Both claims at every point, at :meth:`radii` ``(eps)``."""
+        eps_in, eps_out = self.radii(eps)
+        group = self.group_of(order.shape[1], order.device)
+        pred = order[:, 0]
+        top1 = torch.nn.functional.one_hot(pred, order.shape[1]).bool()
+        inside = group[None, :] == group[pred][:, None]
+        point = torch.arange(order.shape[0], device=order.device)
+        return Claim("in", eps_in, point, top1, ~top1), Claim("out", eps_out, point, top1, ~inside)
+
+    def survivors(self, order: Tensor, claims: Sequence[Claim], survived: Sequence[Tensor]) -> Tensor:
+        """``{p}`` where both claims survived, else empty."""
+        both = torch.ones(order.shape[0], dtype=torch.bool, device=order.device)
+        for claim, alive in zip(claims, survived):
+            held = torch.zeros_like(both)
+            held[claim.point.to(order.device)] = alive.to(order.device)
+            both &= held
+        return torch.nn.functional.one_hot(order[:, 0], order.shape[1]).bool() & both[:, None]
 
     def __repr__(self) -> str:
         return f"IGRP({[list(g) for g in self.groups]}, eps_in={self.eps_in:g}, eps_out={self.eps_out:g})"

@@ -1,6 +1,6 @@
 """Resolve guarantees by name: ``standard``, ``rtk:K``, ``affinity:0,1;1,2``,
 ``affinity:FILE.yaml``, ``affinity:cifar10`` / ``affinity:cifar100`` (the built-in groupings of
-:data:`relaxplug.data.GROUPINGS`), ``superclass:cifar100``, ``superclass:FILE.yaml``, ``igrp:FILE.yaml``,
+:data:`relaxplug.adapters.groupings.GROUPINGS`), ``superclass:cifar100``, ``superclass:FILE.yaml``, ``igrp:FILE.yaml``,
 ``igrp:FILE.yaml@EPS_IN,EPS_OUT``, ``igrp:EPS_IN,EPS_OUT`` (see :func:`_igrp`).
 
 A bare ``affinity`` or ``superclass`` takes the ``sets`` the caller supplies (for instance the
@@ -20,6 +20,7 @@ from relaxplug.registry import Registry
 
 from relaxplug.adapters.affinity import Affinity, Superclass
 from relaxplug.adapters.base import Guarantee
+from relaxplug.adapters.groupings import GROUPINGS
 from relaxplug.adapters.igrp import IGRP
 from relaxplug.adapters.rtk import RTK
 from relaxplug.adapters.standard import Standard
@@ -104,8 +105,6 @@ def _sets_argument(kind: str, argument: str | None, sets: Sets | None, class_nam
         return sets
     if argument.endswith((".yaml", ".yml")) or os.sep in argument:
         return load_sets(argument, class_names)
-    from relaxplug.data import GROUPINGS
-
     if argument.strip().lower() in GROUPINGS:  # built-in: cifar10 (vehicles, animals), cifar100 (superclasses)
         return GROUPINGS[argument.strip().lower()]
     return _parse_inline_sets(argument, class_names)

@@ -84,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     import relaxplug as rp
     from relaxplug.evaluation.metrics import summarize
     from relaxplug.evaluation.report import format_table
-    from relaxplug.attacks.robustness import check_certificates
+    from relaxplug.attacks import AttackSettings, check_certificates
     from relaxplug.evaluation.sources import load_data
 
     out = Path(args.out)
@@ -113,8 +113,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             cert = rp.certify(zoo.model, x, args.eps, "inf", certifier, guarantee, radius=False)
             record = summarize(cert, logits, y)
             record["guarantee"] = guarantee
-            broken = check_certificates(zoo.model, x, cert, steps=5 if args.fast else 30, restarts=1)
-            record["broken"] = len(broken)
+            broken = check_certificates(zoo.model, x, cert, settings=AttackSettings(steps=5 if args.fast else 30, restarts=1))
+            record["broken"] = len(broken.points)
             records.append(record)
     columns = ("certifier", "guarantee", "eps", "points", "clean_accuracy", "vra", "rejection_rate", "certified_set_sizes", "broken")
     print(format_table(records, columns))

@@ -10,7 +10,11 @@ The script registers it as ``safe-topk`` (so ``rp.certify(..., guarantee="safe-t
 sets=[[3, 8], [4, 9]])`` resolves it by name), trains a small GloRo net for RT3 on the embedded
 digits, and certifies the test split under standard, SafeTopK(3) and RTK(3): SafeTopK sits
 between the two, and no certified set contains a forbidden pair. A brute-force check recomputes
-every certified point's margin from the pairwise bounds.
+every certified point's margin from the pairwise bounds, and PGD attacks every claim the
+certificates make: the base class's ``claims`` hook turns each certified set ``F^k`` into the
+claim "``F^k`` beats every other class on the ball", so ``check_certificates`` needs nothing
+more from the adapter (a guarantee with other statements overrides ``claims``, as IGRP does;
+``docs/guarantees.md``, "Writing a guarantee").
 
     python examples/custom_guarantee.py --epochs 30
     python examples/custom_guarantee.py --fast --out /tmp/custom   # seconds (tests)
@@ -143,8 +147,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         best = max((min(float(lower[point, r, s]) for r in range(k) for s in range(k, logits.shape[1]))
                     for k in range(1, 4) if accept[point, k - 1]), default=float("-inf"))
         assert abs(best - float(safe.margin[point])) <= 1e-5 * (1 + abs(best)), point
-    print("SafeTopK sits between standard and RTK(3); no certified set mixes a forbidden pair; margins match brute force")
-    summary = {"pairs": pairs, "eps": args.eps, "points": n, "results": rows}
+    from relaxplug.attacks import AttackSettings, check_certificates
+
+    broken = check_certificates(model, x, safe, spec, AttackSettings(steps=10 if args.fast else 50, restarts=1))
+    assert broken.points == [], f"attacks broke certificates at {broken.points}"
+    print("SafeTopK sits between standard and RTK(3); no certified set mixes a forbidden pair; margins match brute "
+          f"force; PGD broke none of its {len(spec.claims(safe)[0])} claims")
+    summary = {"pairs": pairs, "eps": args.eps, "points": n, "results": rows, "broken": broken.points}
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     return summary

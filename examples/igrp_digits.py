@@ -82,14 +82,15 @@ def _configs(args: argparse.Namespace, out: Path, groups_file: Path):
 def _evaluate(name: str, trained_for: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, guarantee, certifier: str,
               attack_steps: int, class_names: Sequence[str], train_seconds: float) -> dict[str, Any]:
     import relaxplug as rp
-    from relaxplug.attacks.igrp_metrics import check_igrp_certificates, igrp_summary
+    from relaxplug.attacks import AttackSettings, check_certificates
+    from relaxplug.evaluation.metrics import igrp_summary
 
     model.eval()
     cert = rp.certify(model, x, norm="inf", certifier=certifier, guarantee=guarantee)
     record = igrp_summary(cert, y, guarantee.groups, class_names)
-    broken = check_igrp_certificates(model, x, cert, steps=attack_steps, restarts=1, targets=2)
+    broken = check_certificates(model, x, cert, guarantee, AttackSettings(steps=attack_steps, restarts=1, targets=2))
     record.update(model=name, trained_for=trained_for, broken_in=len(broken["in"]), broken_out=len(broken["out"]),
-                  train_seconds=train_seconds, broken_points=broken)
+                  train_seconds=train_seconds, broken_points=dict(broken))
     return record
 
 

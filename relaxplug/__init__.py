@@ -11,6 +11,9 @@ from relaxplug import zoo as zoo
 from relaxplug.adapters import list_guarantees as list_guarantees
 from relaxplug.adapters import resolve_guarantee as resolve_guarantee
 from relaxplug.adapters.certificate import Certificate as Certificate
+from relaxplug.adapters.claims import Claim as Claim
+from relaxplug.attacks.settings import AttackSettings as AttackSettings
+from relaxplug.norms import Norm as Norm
 from relaxplug.certifiers import list_certifiers as list_certifiers
 from relaxplug.certifiers.certify import certify as certify
 from relaxplug.training import losses as losses
@@ -20,9 +23,12 @@ from relaxplug.training.wrapper import GloRoNet as GloRoNet
 __version__ = "0.1.0"
 
 __all__ = [
+    "AttackSettings",
     "Certificate",
     "CrownIBPLoss",
     "GloRoNet",
+    "Claim",
+    "Norm",
     "adapters",
     "certify",
     "layers",

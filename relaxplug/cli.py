@@ -219,13 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_attack.add_argument("--certifier", type=lambda text: _certifier(text, allow_none=True), default="gloro",
                           help="certifier whose certificates are attacked, or 'none' to attack only")
-    p_attack.add_argument("--steps", type=int, default=50, help="PGD steps per restart")
-    p_attack.add_argument("--restarts", type=int, default=2, help="PGD restarts (the first starts at the clean point)")
+    p_attack.add_argument("--steps", type=_positive_int, default=50, help="PGD steps per start (>= 1)")
+    p_attack.add_argument("--restarts", type=int, default=2, help="PGD random starts besides the one at the clean point (>= 0)")
     p_attack.add_argument("--targets", type=_positive_int, default=3, help="opponent classes attacked per acceptable set")
     p_attack.add_argument("--seed", type=int, default=0)
     p_attack.add_argument("--no-autoattack", action="store_true", help="skip AutoAttack (run for the standard guarantee)")
     p_attack.add_argument("--autoattack-fast", action="store_true", help="AutoAttack's APGD-CE and APGD-T only")
-    _add_common_eval(p_attack)
+    _add_common_eval(p_attack, model_sources=True)
 
     p_groups = sub.add_parser(
         "groups", help="IGRP label groups: cluster a (naturally trained) checkpoint's logit-layer weights"
@@ -241,28 +241,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load_for_eval(args: argparse.Namespace):
-    """``(loaded checkpoint, guarantee, spec string, eps, dataset, device)`` for ``eval``/``compare``."""
-    from relaxplug.attacks.robustness import checkpoint_norm, load_evaluation
+    """The :class:`~relaxplug.evaluation.sources.ModelSource` of ``eval``/``compare``/``attack``;
+    sets ``args.norm`` (a :class:`~relaxplug.norms.Norm`, the model's own norm by default)."""
+    from relaxplug.evaluation.sources import load_model_source
+    from relaxplug.norms import Norm
 
-    if getattr(args, "robustbench", None) or getattr(args, "lirpa_model", None):
-        from relaxplug.evaluation.sources import load_zoo_evaluation, norm_name
-
-        loaded = load_zoo_evaluation(
-            robustbench=args.robustbench, dataset=args.dataset, threat_model=args.threat_model,
-            model_dir=args.model_dir, lirpa_model=args.lirpa_model, lirpa_checkpoint=args.lirpa_checkpoint,
-            lirpa_normalize=args.lirpa_normalize, guarantee=args.guarantee, eps=args.eps, data=args.data,
-            data_root=args.data_root, split=args.split, device=args.device,
-        )
-        args.norm = args.norm or norm_name(loaded[0].norm) or "2"
-        print(f"model: {loaded[0].source} {loaded[0].name} ({loaded[0].path}), eps={loaded[3]:g}, L{args.norm}")
-        return loaded
-    loaded = load_evaluation(
-        args.checkpoint, args.guarantee, args.eps, data=args.data, data_root=args.data_root,
-        split=args.split, device=args.device,
+    norm = None if args.norm is None else Norm(args.norm)  # a bad --norm fails before any loading
+    source = load_model_source(
+        checkpoint=args.checkpoint, robustbench=args.robustbench, lirpa_model=args.lirpa_model,
+        dataset=args.dataset, threat_model=args.threat_model, model_dir=args.model_dir,
+        lirpa_checkpoint=args.lirpa_checkpoint, lirpa_normalize=args.lirpa_normalize, guarantee=args.guarantee,
+        eps=args.eps, data=args.data, data_root=args.data_root, split=args.split, device=args.device,
     )
-    if args.norm is None:
-        args.norm = checkpoint_norm(loaded[0].metadata)
-    return loaded
+    args.norm = norm if norm is not None else source.norm
+    if not args.checkpoint:
+        print(source.describe(args.norm))
+    return source
 
 
 def _check_out(args: argparse.Namespace) -> None:
@@ -334,16 +328,30 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_attack(args: argparse.Namespace) -> int:
-    from relaxplug.attacks.robustness import attack_main
+    from relaxplug.attacks.report import attack_report, report_columns
+    from relaxplug.attacks.settings import AttackSettings
+    from relaxplug.evaluation.report import format_table, write_json
 
     check_output_dir(args.out or Path(args.checkpoint).parent)
     _load_optional_certifiers()
-    return attack_main(
-        args.checkpoint, args.guarantee, args.eps, args.norm, args.certifier, limit=args.limit, steps=args.steps,
-        restarts=args.restarts, out_dir=args.out, device=args.device, autoattack=not args.no_autoattack,
-        autoattack_fast=args.autoattack_fast, targets=args.targets, data=args.data, data_root=args.data_root,
-        split=args.split, batch_size=args.batch_size, seed=args.seed, progress=not args.quiet,
-    )
+    settings = AttackSettings(steps=args.steps, restarts=args.restarts, targets=args.targets, seed=args.seed,
+                              batch_size=args.batch_size, autoattack=not args.no_autoattack,
+                              autoattack_fast=args.autoattack_fast)
+    source = _load_for_eval(args)
+    certifier = None if args.certifier.strip().lower() in ("", "none") else args.certifier
+    record = attack_report(source.model, source.dataset, source.guarantee, source.eps, args.norm, certifier, settings,
+                           limit=args.limit, device=source.device, progress=not args.quiet)
+    record["guarantee"] = source.spec
+    record["checkpoint"] = str(_model_file(args, source.loaded))
+    print(format_table([record], report_columns(record)))
+    path = write_json((Path(args.out) if args.out else _model_file(args, source.loaded).parent) / "attack.json", record)
+    print(f"wrote {path}")
+    if record["broken"]:
+        shown = ", ".join(str(i) for i in record["broken_points"][:50])
+        more = "" if record["broken"] <= 50 else f" (and {record['broken'] - 50} more)"
+        print(f"BROKEN: {record['broken']} certificate(s) broken by attacks at points {shown}{more}")
+        return 1
+    return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -398,7 +406,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     print("certifiers:    ", ", ".join(_known_certifiers()))
     print("architectures: ", ", ".join(list_architectures()))
     print("data sets:     ", ", ".join(list_datasets()))
-    from relaxplug.data import GROUPINGS
+    from relaxplug.adapters.groupings import GROUPINGS
     from relaxplug.zoo import list_lirpa_architectures
 
     print("groupings:     ", ", ".join(f"affinity:{name}" for name in GROUPINGS))

@@ -1,9 +1,8 @@
-"""PGD attacks on top-k sets: search the ball for a point where a given set stops being the top-k.
+"""PGD on claims: search the ball for a point where ``g_{W,L} = min_W f - max_L f <= 0``.
 
-For a class set ``T`` (``|T| = k``), ``T`` is the top-k set at ``x'`` iff
-``g_T(x') = min_{j in T} f_j(x') - max_{i not in T} f_i(x') > 0``. A certificate claims
-``g_T > 0`` on the whole ball for its certified set; any ``x'`` in the ball with
-``g_T(x') <= 0`` is a counterexample.
+A claim (:class:`relaxplug.adapters.claims.Claim`) says ``g_{W,L} > 0`` on the whole ball; PGD
+minimises ``g_{W,L}`` over it. The top-k set form ``g_T = g_{T, not T}`` is
+:func:`set_margin`.
 """
 
 from __future__ import annotations
@@ -13,37 +12,114 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["set_margin", "pgd_set_attack", "project"]
+from relaxplug.adapters.claims import claim_margin
+from relaxplug.modes import eval_mode
+from relaxplug.norms import Norm
+
+__all__ = ["set_margin", "pgd_claim_attack", "pgd_set_attack", "project", "into_ball", "batched_logits"]
 
 
 def set_margin(logits: Tensor, sets: Tensor) -> Tensor:
     """``g_T = min_{j in T} f_j - max_{i not in T} f_i``. Shape: ``(B, n), (B, n) bool -> (B,)``."""
-    big = torch.finfo(logits.dtype).max
-    inside = torch.where(sets, logits, logits.new_full((), big)).amin(dim=1)
-    outside = torch.where(sets, logits.new_full((), -big), logits).amax(dim=1)
-    return inside - outside
+    return claim_margin(logits, sets, ~sets)
+
+
+def batched_logits(model: nn.Module, x: Tensor, batch_size: int) -> Tensor:
+    """``model(x)`` in eval mode, without gradients, ``batch_size`` rows at a time."""
+    with eval_mode(model), torch.no_grad():
+        return torch.cat([model(x[s : s + batch_size]) for s in range(0, x.shape[0], batch_size)])
 
 
 def _flat_norm(v: Tensor, norm: float) -> Tensor:
     return v.flatten(1).norm(p=norm, dim=1).view(-1, *([1] * (v.ndim - 1)))
 
 
-def project(delta: Tensor, eps: float, norm: float) -> Tensor:
+def project(delta: Tensor, eps: float, norm: float | str) -> Tensor:
     """Project perturbations onto the ``norm`` ball of radius ``eps``."""
-    if norm == float("inf"):
+    if Norm(norm) == math.inf:
         return delta.clamp(-eps, eps)
-    if norm == 2:
-        scale = (eps / _flat_norm(delta, 2).clamp_min(1e-12)).clamp(max=1.0)
-        return delta * scale
-    raise ValueError(f"attacks support norms 2 and inf, got {norm}")
+    return delta * (eps / _flat_norm(delta, 2).clamp_min(1e-12)).clamp(max=1.0)
 
 
-def _random_start(x: Tensor, eps: float, norm: float, generator: torch.Generator | None) -> Tensor:
+def into_ball(x: Tensor, x_adv: Tensor, eps: float, norm: float | str) -> Tensor:
+    """``x_adv`` moved (if at all) so that ``||x_adv - x|| <= eps`` holds in float64 for the
+    stored values: PGD projects in the working dtype, where rounding can leave a counterexample
+    an ulp outside the ball (rows that stay outside fall back to ``x``).
+    Shape: ``(B, ...)`` twice -> ``(B, ...)``."""
+    inf = Norm(norm) == math.inf
+
+    def outside(candidate: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        delta = (candidate.double() - x.double()).flatten(1)
+        size = delta.abs().amax(dim=1) if inf else delta.norm(dim=1)
+        return size > eps, delta, size
+
+    out = x_adv.clone()
+    for shrink in (1.0, 1 - 1e-6, 1 - 1e-5, 1 - 1e-4):
+        mask, delta, size = outside(out)
+        if not bool(mask.any()):
+            return out
+        if inf:
+            clipped = delta.clamp(-eps * shrink, eps * shrink)
+        else:
+            clipped = delta * (eps * shrink / size.clamp_min(1e-300))[:, None]
+        out[mask] = (x.double() + clipped.view_as(x)).to(x.dtype)[mask]
+    out[outside(out)[0]] = x[outside(out)[0]]
+    return out
+
+
+def _random_start(x: Tensor, eps: float, inf: bool, generator: torch.Generator) -> Tensor:
     noise = torch.randn(x.shape, generator=generator, device="cpu").to(x)
-    if norm == float("inf"):
+    if inf:
         return (torch.rand(x.shape, generator=generator, device="cpu").to(x) * 2 - 1) * eps
     radius = torch.rand(x.shape[0], generator=generator, device="cpu").to(x) ** (1 / max(x[0].numel(), 1))
     return noise / _flat_norm(noise, 2).clamp_min(1e-12) * (eps * radius).view(-1, *([1] * (x.ndim - 1)))
+
+
+def pgd_claim_attack(
+    model: nn.Module,
+    x: Tensor,
+    winners: Tensor,
+    losers: Tensor,
+    eps: float,
+    norm: float | str = 2,
+    steps: int = 50,
+    restarts: int = 2,
+    step_size: float | None = None,
+    seed: int = 0,
+) -> tuple[Tensor, Tensor]:
+    """Minimise ``g_{W,L}`` over the ball with projected gradient descent (steepest descent
+    for the norm: sign steps for L-inf, normalised gradients for L2), from the clean point and
+    ``restarts`` random starts.
+
+    Returns:
+        ``(worst margin (B,), x_adv (B, ...))``: the smallest ``g_{W,L}`` found and where.
+    """
+    inf = Norm(norm) == math.inf
+    generator = torch.Generator().manual_seed(seed)
+    base = step_size if step_size is not None else 2.5 * eps / max(steps, 1)
+    with eval_mode(model):
+        with torch.no_grad():
+            best = claim_margin(model(x), winners, losers)
+        best_x = x.clone()
+        for restart in range(restarts + 1):
+            delta = torch.zeros_like(x) if restart == 0 else _random_start(x, eps, inf, generator)
+            for step in range(steps):
+                delta.requires_grad_(True)
+                margin = claim_margin(model(x + delta), winners, losers)
+                (grad,) = torch.autograd.grad(margin.sum(), delta)
+                with torch.no_grad():
+                    improved = margin.detach() < best
+                    best = torch.where(improved, margin.detach(), best)
+                    best_x[improved] = (x + delta.detach())[improved]
+                    lr = base * 0.5 * (1 + math.cos(math.pi * step / steps)) + base * 0.05
+                    move = grad.sign() if inf else grad / _flat_norm(grad, 2).clamp_min(1e-12)
+                    delta = project(delta.detach() - lr * move, eps, norm)
+            with torch.no_grad():
+                margin = claim_margin(model(x + delta), winners, losers)
+                improved = margin < best
+                best = torch.where(improved, margin, best)
+                best_x[improved] = (x + delta)[improved]
+    return best, best_x
 
 
 def pgd_set_attack(
@@ -51,51 +127,11 @@ def pgd_set_attack(
     x: Tensor,
     sets: Tensor,
     eps: float,
-    norm: float = 2,
+    norm: float | str = 2,
     steps: int = 50,
     restarts: int = 2,
     step_size: float | None = None,
     seed: int = 0,
 ) -> tuple[Tensor, Tensor]:
-    """Minimise ``g_T`` over the ball with projected gradient descent.
-
-    Args:
-        sets: ``(B, n)`` bool, the set ``T`` to break per point.
-        step_size: defaults to ``2.5 * eps / steps`` (Madry et al.), decayed by cosine.
-        restarts: random starts in addition to the clean point.
-    Returns:
-        ``(worst margin (B,), x_adv (B, ...))``: the smallest ``g_T`` found and where.
-    """
-    norm = float(norm)
-    generator = torch.Generator().manual_seed(seed)
-    base = step_size if step_size is not None else 2.5 * eps / max(steps, 1)
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        best = set_margin(model(x), sets)
-    best_x = x.clone()
-    try:
-        for restart in range(restarts + 1):
-            delta = torch.zeros_like(x) if restart == 0 else _random_start(x, eps, norm, generator)
-            for step in range(steps):
-                delta.requires_grad_(True)
-                margin = set_margin(model(x + delta), sets)
-                (grad,) = torch.autograd.grad(margin.sum(), delta)
-                with torch.no_grad():
-                    improved = margin.detach() < best
-                    best = torch.where(improved, margin.detach(), best)
-                    best_x[improved] = (x + delta.detach())[improved]
-                    lr = base * 0.5 * (1 + math.cos(math.pi * step / steps)) + base * 0.05
-                    if norm == float("inf"):
-                        move = grad.sign()
-                    else:
-                        move = grad / _flat_norm(grad, 2).clamp_min(1e-12)
-                    delta = project(delta.detach() - lr * move, eps, norm)
-            with torch.no_grad():
-                margin = set_margin(model(x + delta), sets)
-                improved = margin < best
-                best = torch.where(improved, margin, best)
-                best_x[improved] = (x + delta)[improved]
-    finally:
-        model.train(was_training)
-    return best, best_x
+    """:func:`pgd_claim_attack` on top-k set claims ``(T, not T)``; ``sets`` ``(B, n)`` bool."""
+    return pgd_claim_attack(model, x, sets, ~sets, eps, norm, steps, restarts, step_size, seed)

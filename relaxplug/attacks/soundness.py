@@ -3,8 +3,10 @@
 Small nets (dense MinMax and ReLU nets, a conv net with invertible downsampling; random
 initialisation and briefly trained on random-cluster data) are certified at a radius where a
 good share of points certify, and every certified point is attacked with its certified set
-(:func:`relaxplug.attacks.robustness.attack_sets`). A sound certifier is never broken. Combinations a
-certifier does not support (its ``norms``) are skipped and counted.
+is attacked on every claim its certificate makes (:meth:`Guarantee.claims`, attacked by
+:func:`relaxplug.attacks.claims.attack_claims`; an IGRP certificate makes two claims, one per
+radius). A sound certifier is never broken. Combinations a certifier does not support (its
+``norms``) are skipped and counted.
 
 ``benchmarks/soundness_sweep.py`` runs it from the command line; ``tests/test_soundness.py``
 runs the fast mode.
@@ -22,10 +24,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from relaxplug.adapters import IGRP, Affinity, Guarantee, RTK, Standard, Superclass
+from relaxplug.adapters.claims import Claim
+from relaxplug.attacks.claims import attack_claims
+from relaxplug.attacks.settings import AttackSettings
 from relaxplug.certifiers import Certifier, get_certifier, list_certifiers
 from relaxplug.certifiers.certify import certify
 from relaxplug.models.layers import InvertibleDownsample, MinMax
-from relaxplug.attacks.robustness import attack_sets
+from relaxplug.norms import Norm
 
 __all__ = [
     "SweepNet",
@@ -38,6 +43,7 @@ __all__ = [
     "sweep_eps",
     "calibrate_eps",
     "soundness_sweep",
+    "train_briefly",
     "SWEEP_COLUMNS",
 ]
 
@@ -127,7 +133,7 @@ def cluster_data(input_shape: Sequence[int], n_classes: int, n_points: int, gene
     return x, y, centres
 
 
-def _train_briefly(model: nn.Module, x: Tensor, y: Tensor, steps: int, lr: float = 1e-2) -> None:
+def train_briefly(model: nn.Module, x: Tensor, y: Tensor, steps: int, lr: float = 1e-2) -> None:
     """A few hundred full-batch Adam steps of cross-entropy."""
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
@@ -151,7 +157,7 @@ def sweep_nets(settings: SweepSettings, seed: int = 0) -> list[SweepNet]:
                 torch.manual_seed(net_seed)
                 model = build(shape, n_classes)
                 if trained:
-                    _train_briefly(model, train_x, train_y, settings.train_steps)
+                    train_briefly(model, train_x, train_y, settings.train_steps)
             x, y, _ = cluster_data(shape, n_classes, settings.points, generator, centres)
             nets.append(SweepNet(f"{name}-{'trained' if trained else 'random'}", model.eval(), x, y, n_classes))
     return nets
@@ -242,72 +248,67 @@ class SweepResult:
         return out
 
 
-def _norm_name(norm: float) -> str:
-    return "inf" if norm == float("inf") else f"{norm:g}"
-
-
-def _attack_claims(model: nn.Module, x: Tensor, claims: list[tuple[dict[str, Any], Tensor, Tensor]],
-                   eps: float, norm: float, settings: SweepSettings, seed: int) -> None:
-    """Attack every distinct (point, certified set) once, then fill each row's counts."""
-    if not claims:
-        return
-    index = torch.cat([idx for _, idx, _ in claims])  # (P,)
-    sets = torch.cat([s for _, _, s in claims])  # (P, n)
-    keys, inverse = torch.unique(torch.cat([index[:, None], sets.long()], dim=1), dim=0, return_inverse=True)
-    first = torch.full((keys.shape[0],), index.numel(), dtype=torch.long).scatter_reduce(
-        0, inverse, torch.arange(index.numel()), reduce="amin")
-    worst = attack_sets(model, x[index[first]], sets[first], eps, norm, settings.steps, settings.restarts, seed)
-    worst = worst[inverse]  # (P,)
-    start = 0
-    for row, idx, _ in claims:
-        mine = worst[start : start + idx.numel()]
-        start += idx.numel()
-        row["attacked"] = int(idx.numel())
-        row["broken_points"] = sorted(int(i) for i in idx[mine <= 0].tolist())
+def _attack_claims(model: nn.Module, x: Tensor, made: list[tuple[dict[str, Any], Claim]], norm: float,
+                   settings: SweepSettings, seed: int) -> None:
+    """Attack every distinct claim (point, radius, winners, losers) once, then fill each row's
+    ``attacked``, ``broken``, ``broken_points`` and ``min_attack_margin``."""
+    attack = AttackSettings(steps=settings.steps, restarts=settings.restarts, seed=seed, autoattack=False)
+    worst: dict[int, Tensor] = {}
+    for eps in sorted({claim.eps for _, claim in made}):
+        batch = [(i, claim) for i, (_, claim) in enumerate(made) if claim.eps == eps and len(claim)]
+        if not batch:
+            continue
+        point = torch.cat([c.point for _, c in batch])
+        winners = torch.cat([c.winners for _, c in batch])
+        losers = torch.cat([c.losers for _, c in batch])
+        keys, inverse = torch.unique(torch.cat([point[:, None], winners.long(), losers.long()], dim=1), dim=0,
+                                     return_inverse=True)
+        first = torch.full((keys.shape[0],), point.numel(), dtype=torch.long).scatter_reduce(
+            0, inverse, torch.arange(point.numel()), reduce="amin")
+        unique = Claim("sweep", eps, point[first], winners[first], losers[first])
+        margins = attack_claims(model, x, [unique], norm, attack)[0][inverse]
+        start = 0
+        for i, claim in batch:
+            worst[i] = margins[start : start + len(claim)]
+            start += len(claim)
+    for i, (row, claim) in enumerate(made):
+        mine = worst.get(i, x.new_zeros(0))
+        row["attacked"] += len(claim)
+        row["broken_points"] = sorted(set(row["broken_points"]) | {int(p) for p in claim.point[mine <= 0].tolist()})
         row["broken"] = len(row["broken_points"])
-        row["min_attack_margin"] = float(mine.min()) if mine.numel() else float("nan")
+        if mine.numel():
+            row["min_attack_margin"] = min(row.get("min_attack_margin", math.inf), float(mine.min()))
+
+
+def _sizes(claims: tuple[Claim, ...]) -> dict[Any, int]:
+    """Claims per set size ``{k: count}``, or per claim name for a guarantee with several."""
+    if len(claims) > 1:
+        return {c.name: len(c) for c in claims}
+    sizes, counts = torch.unique(claims[0].winners.sum(1), return_counts=True)
+    return {int(k): int(n) for k, n in zip(sizes, counts)}
 
 
 def _new_row(net: SweepNet, norm: float, eps: float, certifier: str, guarantee: str) -> dict[str, Any]:
     """A sweep row with zero counts."""
-    return {"net": net.name, "norm": _norm_name(norm), "eps": eps, "certifier": certifier, "guarantee": guarantee,
+    return {"net": net.name, "norm": Norm(norm).to_json(), "eps": eps, "certifier": certifier, "guarantee": guarantee,
             "points": int(net.x.shape[0]), "certified": 0, "claims": 0, "attacked": 0, "broken": 0,
             "broken_points": []}
 
 
-def _certify_row(row: dict[str, Any], net: SweepNet, eps: float | None, norm: float, certifier: Certifier,
+def _certify_row(row: dict[str, Any], net: SweepNet, eps: float, norm: float, certifier: Certifier,
                  guarantee: Guarantee, keep_going: bool):
-    """Certify ``net``'s points for ``row``; on a certifier error, raise, or with ``keep_going``
-    record it in ``row["error"]`` and return ``None``."""
+    """Certify ``net``'s points for ``row`` (at the guarantee's own radii when it carries them);
+    on a certifier error, raise, or with ``keep_going`` record it in ``row["error"]`` and return
+    ``None``."""
     try:
-        return certify(net.model, net.x, eps, norm, certifier, guarantee, radius=False)
+        return certify(net.model, net.x, None if guarantee.carries_radii else eps, norm, certifier, guarantee,
+                       radius=False)
     except Exception as error:
         if not keep_going:
             raise RuntimeError(f"{row['certifier']} failed on {net.name}, {row['guarantee']}, norm {row['norm']}, "
                                f"eps {row['eps']:.4g}: {error}") from error
         row["error"] = f"{type(error).__name__}: {error}"
         return None
-
-
-def _igrp_row(net: SweepNet, certifier: Certifier, name: str, norm: float, eps: float, settings: SweepSettings,
-              seed: int, keep_going: bool) -> dict[str, Any]:
-    """Certify :func:`sweep_igrp` at ``eps`` and attack both claims of every certificate
-    (:func:`relaxplug.attacks.igrp_metrics.check_igrp_certificates`): ``claims`` counts the inner and
-    outer claims made, ``broken`` the points with a broken claim."""
-    from relaxplug.attacks.igrp_metrics import check_igrp_certificates
-
-    label, guarantee = sweep_igrp(net.n_classes, eps)
-    row = _new_row(net, norm, eps, name, label)
-    cert = _certify_row(row, net, None, norm, certifier, guarantee, keep_going)  # radii from the guarantee
-    if cert is None:
-        return row
-    claims = int(cert.verified_in.sum() + cert.group_verified.sum())
-    broken = check_igrp_certificates(net.model, net.x, cert, settings.steps, settings.restarts, seed=seed)
-    points = sorted(set(broken["in"]) | set(broken["out"]))
-    row.update(seconds=cert.seconds, certified=int(cert.certified.sum()), claims=claims, attacked=claims,
-               broken=len(points), broken_points=points,
-               sizes={"in": int(cert.verified_in.sum()), "out": int(cert.group_verified.sum())})
-    return row
 
 
 def soundness_sweep(
@@ -344,7 +345,7 @@ def soundness_sweep(
                     certifier.check_norm(norm)
                 except ValueError as error:
                     result.skipped.extend(
-                        {"net": net.name, "norm": _norm_name(norm), "eps_scale": scale, "certifier": name, "guarantee": g,
+                        {"net": net.name, "norm": Norm(norm).to_json(), "eps_scale": scale, "certifier": name, "guarantee": g,
                          "reason": str(error)}
                         for scale in settings.eps_scales
                         for g in [*(g for g, _ in guarantees), "igrp"]
@@ -354,29 +355,27 @@ def soundness_sweep(
                     calibrated = calibrate_eps(net, certifier, norm, base[norm])
                 except Exception as error:
                     if not keep_going:
-                        raise RuntimeError(f"{name} failed on {net.name}, norm {_norm_name(norm)}: {error}") from error
+                        raise RuntimeError(f"{name} failed on {net.name}, norm {Norm(norm)}: {error}") from error
                     calibrated = base[norm]
                 for scale in settings.eps_scales:
                     eps = calibrated * scale
-                    claims = []
-                    for label, guarantee in guarantees:
+                    made: list[tuple[dict[str, Any], Claim]] = []
+                    done = []
+                    for label, guarantee in [*guarantees, sweep_igrp(net.n_classes, eps)]:
                         row = _new_row(net, norm, eps, name, label)
                         result.rows.append(row)
+                        done.append(row)
                         cert = _certify_row(row, net, eps, norm, certifier, guarantee, keep_going)
                         if cert is None:
                             continue
-                        row["seconds"] = cert.seconds
-                        idx = cert.certified.nonzero(as_tuple=True)[0]
-                        row["certified"] = row["claims"] = int(idx.numel())
-                        sizes, counts = torch.unique(cert.k[idx], return_counts=True)
-                        row["sizes"] = {int(k): int(c) for k, c in zip(sizes, counts)}
-                        claims.append((row, idx, cert.classes[idx]))
-                    _attack_claims(net.model, net.x, claims, eps, norm, settings, seed)
-                    igrp_row = _igrp_row(net, certifier, name, norm, eps, settings, seed, keep_going)
-                    result.rows.append(igrp_row)
+                        claims = guarantee.claims(cert)
+                        row.update(seconds=cert.seconds, certified=int(cert.certified.sum()),
+                                   claims=sum(len(c) for c in claims),
+                                   sizes=_sizes(claims))
+                        made.extend((row, claim) for claim in claims)
+                    _attack_claims(net.model, net.x, made, norm, settings, seed)
                     if log is not None:
-                        done = [r for r, _, _ in claims] + [igrp_row]
-                        log(f"{net.name} {name} norm {_norm_name(norm)} eps {eps:.4g}: "
+                        log(f"{net.name} {name} norm {Norm(norm)} eps {eps:.4g}: "
                             f"{sum(r['certified'] for r in done)} certified, {sum(r['broken'] for r in done)} broken")
     result.seconds = time.perf_counter() - start
     return result

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from relaxplug.adapters import Guarantee, MarginRequest
+from relaxplug.norms import Norm
 from relaxplug.registry import Registry
 
 __all__ = ["Certifier", "CERTIFIERS", "register_certifier", "list_certifiers", "get_certifier", "rounding_allowance", "ROUNDING_RTOL"]
@@ -37,11 +38,14 @@ class Certifier:
     name: str = "certifier"
     norms: tuple[float, ...] = (2.0,)
 
-    def check_norm(self, norm: float) -> None:
-        if float(norm) not in self.norms:
-            raise ValueError(
-                f"certifier {self.name!r} supports norms {[_norm_name(n) for n in self.norms]}, got {_norm_name(norm)}"
-            )
+    def check_norm(self, norm: float | str) -> None:
+        """``ValueError`` naming this certifier's norms unless ``norm`` is one of them."""
+        try:
+            supported = Norm(norm) in self.norms
+        except ValueError:
+            supported = False
+        if not supported:
+            raise ValueError(f"certifier {self.name!r} supports norms {[Norm(n).name for n in self.norms]}, got {norm}")
 
     def bounds(self, model: nn.Module, x: Tensor, logits: Tensor, requests: Sequence[MarginRequest], norm: float) -> list[Tensor]:
         """One ``(B, K, n)`` rank-form lower-bound tensor per request (``adapters.base``)."""
@@ -50,10 +54,6 @@ class Certifier:
     def radius(self, model: nn.Module, x: Tensor, logits: Tensor, guarantee: Guarantee, norm: float) -> Tensor | None:
         """``(B,)`` largest radius at which ``guarantee`` is certified, or ``None``."""
         return None
-
-
-def _norm_name(norm: float) -> str:
-    return "inf" if float(norm) == float("inf") else f"{float(norm):g}"
 
 
 CERTIFIERS: Registry[Certifier] = Registry("certifier")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from typing import Sequence
 
@@ -12,53 +13,59 @@ from torch import Tensor, nn
 from relaxplug.adapters import Guarantee, resolve_guarantee
 from relaxplug.adapters.certificate import Certificate
 from relaxplug.certifiers import Certifier, get_certifier
+from relaxplug.modes import eval_mode
+from relaxplug.norms import Norm
 
-__all__ = ["certify", "check_inputs", "resolve_eps"]
+__all__ = ["as_radius", "certify", "check_inputs", "resolve_eps"]
 
 
-def check_inputs(x: Tensor, eps: float) -> None:
-    """Reject bad input early: non-tensor, NaN/inf entries, negative or non-finite ``eps``."""
+def as_radius(eps: object, what: str = "eps") -> float:
+    """``eps`` as a float: a Python, NumPy or 0-d tensor number, finite and ``>= 0``."""
+    if isinstance(eps, Tensor):
+        if eps.numel() != 1 or eps.ndim != 0:
+            raise ValueError(f"{what} must be a number (a 0-d tensor), got a tensor of shape {tuple(eps.shape)}")
+        eps = eps.item()
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise ValueError(f"{what} must be a finite number >= 0, got {eps!r}")
+    value = float(eps)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{what} must be a finite number >= 0, got {eps!r}")
+    return value
+
+
+def check_inputs(x: Tensor, eps: object) -> float:
+    """Reject bad input early (non-tensor, not a batch, empty, NaN/inf entries, a bad ``eps``);
+    return ``eps`` as a float (:func:`as_radius`)."""
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.ndim < 2:
         raise ValueError(f"x must be a batch (B, ...), got shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"x is an empty batch (shape {tuple(x.shape)}): nothing to certify")
     # a finite sum proves every entry finite (NaN and inf propagate); only an overflowing or
     # non-finite sum needs the elementwise test
     if not (bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())):
         raise ValueError("x contains NaN or infinite values")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
-        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+    return as_radius(eps)
 
 
-def resolve_eps(guarantee: Guarantee, eps: float | None) -> float:
+def resolve_eps(guarantee: Guarantee, eps: object | None) -> float:
     """The radius to certify ``guarantee`` at.
 
-    A guarantee with several radii (``len(guarantee.radii(1.0)) > 1``, IGRP) carries its own:
-    ``guarantee.radii(None)``; ``eps`` must then be ``None`` or its outer (last) radius, and that
-    radius is returned. Every other guarantee needs ``eps``.
+    A guarantee that carries its own radii (:attr:`Guarantee.carries_radii`, IGRP) takes them
+    from ``guarantee.radii(None)``; ``eps`` must then be ``None`` or its outer (last) radius, and
+    that radius is returned. Every other guarantee needs ``eps``.
     """
-    if len(guarantee.radii(1.0)) == 1:
+    if not guarantee.carries_radii:
         if eps is None:
             raise ValueError(f"eps is required for {guarantee!r}; only guarantees that carry their own radii "
                              "(IGRP: eps_in, eps_out) take them from the guarantee")
-        return eps
+        return as_radius(eps)
     own = tuple(guarantee.radii(None))
-    if eps is not None and (isinstance(eps, bool) or not isinstance(eps, (int, float)) or float(eps) != own[-1]):
+    if eps is not None and as_radius(eps) != own[-1]:
         raise ValueError(f"{guarantee!r} carries its own radii {own}: pass eps=None (or its outer radius "
                          f"{own[-1]:g}), got eps={eps!r}; to certify other radii, change the guarantee's")
     return own[-1]
-
-
-def _parse_norm(norm: float | str) -> float:
-    if isinstance(norm, str):
-        norm = norm.strip().lower()
-        if norm in ("inf", "linf", "l_inf"):
-            return float("inf")
-        norm = norm.lstrip("l")
-    value = float(norm)
-    if value not in (1.0, 2.0, float("inf")):
-        raise ValueError(f"norm must be 1, 2 or inf, got {norm!r}")
-    return value
 
 
 def certify(
@@ -89,26 +96,23 @@ def certify(
         a :class:`Certificate`; a point is certified iff ``m(x) > 0`` (Equation B1).
     """
     spec = resolve_guarantee(guarantee, sets=sets)
-    eps = resolve_eps(spec, eps)
-    check_inputs(x, eps)
-    norm = _parse_norm(norm)
+    eps = check_inputs(x, resolve_eps(spec, eps))
+    norm = Norm(norm)
     cert = get_certifier(certifier, **certifier_options)
     cert.check_norm(norm)
-    was_training = model.training
-    model.eval()
     start = time.perf_counter()
-    try:
+    with eval_mode(model):
         with torch.no_grad():
             logits = model(x)
-        if logits.ndim != 2:
-            raise ValueError(f"model must return logits of shape (B, n), got {tuple(logits.shape)}")
+        if not isinstance(logits, Tensor):
+            raise TypeError(f"model must return a logits tensor (B, n), got a {type(logits).__name__}")
+        if logits.ndim != 2 or logits.shape[0] != x.shape[0]:
+            raise ValueError(f"model must return logits of shape (B, n) = ({x.shape[0]}, n), got {tuple(logits.shape)}")
         spec.validate(logits.shape[1])
         requests = spec.requests(logits, eps)
         bounds = cert.bounds(model, x, logits, requests, norm)
         result = spec.evaluate(requests[0].order, bounds)
         radii = cert.radius(model, x, logits, spec, norm) if radius else None
-    finally:
-        model.train(was_training)
     if radii is None:
         radii = torch.full_like(result.margin, float("nan"))
     if x.is_cuda:
@@ -122,10 +126,8 @@ def certify(
         radius=radii.detach(),
         guarantee=repr(spec),
         certifier=cert.name,
-        eps=float(eps),
+        eps=eps,
         norm=norm,
         seconds=time.perf_counter() - start,
     )
-    # a guarantee with more parts than the shared fields (IGRP) returns an enriched certificate
-    enrich = getattr(type(spec), "certificate", None)
-    return enrich(spec, out, result) if callable(enrich) else out
+    return spec.certificate(out, result)

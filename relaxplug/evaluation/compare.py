@@ -36,8 +36,9 @@ from tqdm.auto import tqdm
 from relaxplug.adapters import Guarantee, resolve_guarantee
 from relaxplug.adapters.certificate import Certificate
 from relaxplug.certifiers import Certifier, get_certifier
-from relaxplug.certifiers.certify import _parse_norm, certify
+from relaxplug.certifiers.certify import certify
 from relaxplug.evaluation.report import write_json
+from relaxplug.norms import Norm
 
 __all__ = ["CertifierRecord", "ComparisonResult", "compare_certifiers", "format_table", "save"]
 
@@ -198,8 +199,8 @@ def compare_certifiers(
         raise ValueError("nothing to compare: x is empty")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    norm_value = _parse_norm(norm)
-    norm_name = "inf" if norm_value == math.inf else f"{norm_value:g}"
+    norm_value = Norm(norm)
+    norm_name = norm_value.to_json()
     spec = resolve_guarantee(guarantee, sets=sets)
     _load_optional_certifiers()
     device = x.device

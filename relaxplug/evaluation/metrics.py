@@ -1,16 +1,25 @@
-"""Evaluation metrics of the seeds: clean and top-k accuracy, VRA, rejection rate, set sizes."""
+"""Evaluation metrics of the seeds: clean and top-k accuracy, VRA, rejection rate, set sizes;
+IGRP's figures (verified accuracy at ``eps_in``, group-verified accuracy at ``eps_out``, per group).
+
+For an :class:`relaxplug.adapters.IGRPCertificate` on labelled points: *verified accuracy at
+eps_in* is ``m_in > 0`` and the prediction is the label; *group-verified accuracy at eps_out* is
+``m_out > 0`` and the label lies in ``G(p)``; *IGRP-verified accuracy* both (the certificate's
+VRA); *group accuracy* the label lies in the predicted group (clean). Per group ``g`` the same
+figures are computed over the points whose label is in ``g``.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
 
 from relaxplug.adapters import IGRPCertificate
 from relaxplug.adapters.certificate import Certificate
+from relaxplug.norms import Norm
 
-__all__ = ["clean_accuracy", "topk_accuracy", "vra", "rejection_rate", "set_size_histogram", "summarize"]
+__all__ = ["IGRP_COLUMNS", "igrp_summary", "mean_of", "per_group", "clean_accuracy", "topk_accuracy", "vra", "rejection_rate", "set_size_histogram", "summarize"]
 
 
 def clean_accuracy(logits: Tensor, labels: Tensor) -> float:
@@ -49,7 +58,7 @@ def summarize(cert: Certificate, logits: Tensor, labels: Tensor, topk: tuple[int
         "guarantee": cert.guarantee,
         "certifier": cert.certifier,
         "eps": cert.eps,
-        "norm": "inf" if cert.norm == float("inf") else cert.norm,
+        "norm": Norm(cert.norm).to_json(),
         "points": len(cert),
         "clean_accuracy": clean_accuracy(logits, labels),
         "vra": vra(cert, labels),
@@ -63,8 +72,72 @@ def summarize(cert: Certificate, logits: Tensor, labels: Tensor, topk: tuple[int
     radius = cert.radius[torch.isfinite(cert.radius)]
     if radius.numel():
         record["median_radius"] = float(radius.median())
-    if isinstance(cert, IGRPCertificate):  # both parts of IGRP (relaxplug.attacks.igrp_metrics)
+    if isinstance(cert, IGRPCertificate):  # both parts of IGRP (igrp_summary)
         record["eps_in"], record["eps_out"] = cert.eps_in, cert.eps_out
-        record["verified_accuracy_in"] = float(cert.verified_in_correct(labels).float().mean()) if len(cert) else float("nan")
-        record["group_verified_accuracy_out"] = float(cert.group_verified_correct(labels).float().mean()) if len(cert) else float("nan")
+        record["verified_accuracy_in"] = mean_of(cert.verified_in_correct(labels))
+        record["group_verified_accuracy_out"] = mean_of(cert.group_verified_correct(labels))
     return record
+
+
+#: table columns of :func:`igrp_summary` records
+IGRP_COLUMNS = (
+    "model", "certifier", "eps_in", "eps_out", "clean_accuracy", "verified_accuracy_in",
+    "group_verified_accuracy_out", "igrp_verified_accuracy", "group_accuracy",
+)
+
+
+def mean_of(mask: Tensor) -> float:
+    return float(mask.float().mean()) if mask.numel() else float("nan")
+
+
+def per_group(cert: IGRPCertificate, labels: Tensor, groups: Sequence[Sequence[int]], class_names: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Per group ``g``: over points labelled in ``g``, clean accuracy, verified accuracy at
+    ``eps_in``, group-verified accuracy at ``eps_out`` and IGRP-verified accuracy."""
+    labels = labels.to(cert.pred.device).long()
+    correct = cert.pred == labels
+    verified_in = cert.verified_in_correct(labels)
+    group_verified = cert.group_verified_correct(labels)
+    both = cert.robust_correct(labels)
+    rows = []
+    for index, members in enumerate(groups):
+        mask = torch.zeros_like(labels, dtype=torch.bool)
+        for c in members:
+            mask |= labels == c
+        rows.append({
+            "group": index,
+            "classes": [str(class_names[c]) if class_names is not None else int(c) for c in members],
+            "points": int(mask.sum()),
+            "clean_accuracy": mean_of(correct[mask]),
+            "verified_accuracy_in": mean_of(verified_in[mask]),
+            "group_verified_accuracy_out": mean_of(group_verified[mask]),
+            "igrp_verified_accuracy": mean_of(both[mask]),
+        })
+    return rows
+
+
+def igrp_summary(cert: IGRPCertificate, labels: Tensor, groups: Sequence[Sequence[int]] | None = None,
+                 class_names: Sequence[str] | None = None) -> dict[str, Any]:
+    """One JSON-ready record of the IGRP figures (module docstring); ``per_group`` when ``groups``
+    are given."""
+    if not isinstance(cert, IGRPCertificate):
+        raise TypeError(f"expected an IGRPCertificate (certify with an IGRP guarantee), got {type(cert).__name__}")
+    labels = labels.to(cert.pred.device).long()
+    in_group = cert.group_classes.gather(1, labels[:, None])[:, 0]
+    record: dict[str, Any] = {
+        "guarantee": cert.guarantee,
+        "certifier": cert.certifier,
+        "eps_in": cert.eps_in,
+        "eps_out": cert.eps_out,
+        "norm": Norm(cert.norm).to_json(),
+        "points": len(cert),
+        "clean_accuracy": mean_of(cert.pred == labels),
+        "verified_accuracy_in": mean_of(cert.verified_in_correct(labels)),
+        "group_verified_accuracy_out": mean_of(cert.group_verified_correct(labels)),
+        "igrp_verified_accuracy": cert.vra(labels),
+        "group_accuracy": mean_of(in_group),
+        "seconds": cert.seconds,
+    }
+    if groups is not None:
+        record["per_group"] = per_group(cert, labels, groups, class_names)
+    return record
+

@@ -10,7 +10,9 @@ from torch import nn
 
 import relaxplug as rp
 from relaxplug.adapters import IGRP, Affinity, IGRPCertificate, Standard, rank_order, resolve_guarantee
-from relaxplug.attacks.igrp_metrics import attack_group_claims, check_igrp_certificates, group_margin, igrp_summary
+from relaxplug.adapters.claims import Claim, claim_margin
+from relaxplug.attacks import AttackSettings, attack_claims, check_certificates
+from relaxplug.evaluation.metrics import igrp_summary
 from relaxplug.lipschitz import LipschitzEstimator, head_distances
 from relaxplug.evaluation.metrics import summarize
 from relaxplug.training.losses import guarantee_margin
@@ -181,13 +183,13 @@ def test_certificate_keeps_its_type_and_metrics():
 
 
 def _small_net(seed, d=6, n=6, act=nn.ReLU):
-    from relaxplug.attacks.soundness import _train_briefly, cluster_data
+    from relaxplug.attacks.soundness import cluster_data, train_briefly
 
     generator = torch.Generator().manual_seed(seed)
     x, y, centres = cluster_data((d,), n, 256, generator)
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(d, 32), act(), nn.Linear(32, 32), act(), nn.Linear(32, n))
-    _train_briefly(model, x, y, 150)
+    train_briefly(model, x, y, 150)
     test_x, test_y, _ = cluster_data((d,), n, 32, generator, centres)
     return model.eval(), test_x, test_y
 
@@ -205,7 +207,7 @@ def test_certificates_survive_attacks_on_small_nonlinear_nets(certifier, norm, e
     cert = rp.certify(model, x, norm=norm, certifier=certifier, guarantee=g)
     assert cert.group_verified.any() and cert.verified_in.any()
     assert (cert.verified_in & ~cert.group_verified).any()  # the two parts differ: both are exercised
-    broken = check_igrp_certificates(model, x, cert, steps=25, restarts=1, targets=2)
+    broken = check_certificates(model, x, cert, g, AttackSettings(steps=25, restarts=1, targets=2))
     assert broken == {"in": [], "out": []}
 
 
@@ -220,13 +222,15 @@ def test_group_attack_finds_violations_exactly_where_a_linear_model_has_them():
     pred = rank_order(logits)[:, 0]
     g = IGRP(GROUPS, 0.0, eps)
     members = g.group_of(6)[None, :] == g.group_of(6)[pred][:, None]
-    worst = attack_group_claims(model, x, pred, members, eps, norm=2, steps=60, restarts=1, targets=3)
+    top1 = torch.nn.functional.one_hot(pred, 6).bool()
+    claim = Claim("out", eps, torch.arange(40), top1, ~members)
+    (worst,) = attack_claims(model, x, [claim], 2, AttackSettings(steps=60, restarts=1, targets=3))
     exact = torch.tensor([certify_igrp_linear(W, b, x[i].tolist(), GROUPS, 0.0, eps, 2)["m_out"] for i in range(40)],
                          dtype=torch.float64)
     assert ((exact < -1e-3) <= (worst <= 0)).all()  # every real violation is found
     assert not (worst[exact > 1e-6] <= 0).any()  # and none where there is none
     assert (exact < -1e-3).any() and (exact > 1e-3).any()
-    assert torch.allclose(group_margin(logits, pred, members), torch.tensor(
+    assert torch.allclose(claim_margin(logits, top1, ~members), torch.tensor(
         [certify_igrp_linear(W, b, x[i].tolist(), GROUPS, 0.0, 0.0, 2)["m_out"] for i in range(40)], dtype=torch.float64))
 
 
@@ -238,7 +242,7 @@ def test_a_false_certificate_is_caught():
     assert (~cert.group_verified).any() and (~cert.verified_in).any()
     fake = dataclasses.replace(cert, verified_in=torch.ones_like(cert.verified_in),
                                group_verified=torch.ones_like(cert.group_verified))
-    broken = check_igrp_certificates(model, x, fake, steps=40, restarts=1, targets=3)
+    broken = check_certificates(model, x, fake, IGRP(GROUPS, 0.3, 0.9), AttackSettings(steps=40, restarts=1, targets=3))
     assert set(broken["in"]) == set((~cert.verified_in).nonzero().flatten().tolist())
     assert set(broken["out"]) == set((~cert.group_verified & torch.isfinite(cert.margin_out)).nonzero().flatten().tolist())
 

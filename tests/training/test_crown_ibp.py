@@ -15,7 +15,7 @@ from relaxplug.models.checkpoint import load_checkpoint
 from relaxplug.training.config import TrainConfig, load_config
 from relaxplug.models.layers import MinMax
 from relaxplug.models.architectures import build_model
-from relaxplug.attacks.robustness import load_evaluation
+from relaxplug.evaluation.sources import load_evaluation
 from relaxplug.training.losses import guarantee_margin
 
 pytest.importorskip("relaxplug.certifiers.lirpa", reason="auto_LiRPA is not installed", exc_type=ImportError)

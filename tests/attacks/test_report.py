@@ -10,13 +10,11 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import relaxplug as rp
-from relaxplug.attacks.robustness import (
-    attack_guarantee,
-    attack_main,
-    attack_report,
-    autoattack_accuracy,
-    check_certificates,
-)
+from relaxplug.attacks import AttackSettings, attack_guarantee, check_certificates
+from relaxplug.attacks.autoattack import autoattack_accuracy
+from relaxplug.attacks.pgd import into_ball
+from relaxplug.attacks.report import attack_report
+from relaxplug.cli import main as cli_main
 
 from ..brute_force import acceptable, ranked
 from ..fakes import OverClaiming, blob_checkpoint
@@ -70,11 +68,11 @@ def test_attack_matches_exact_radius_of_linear_model(norm, dual, name, kind, kwa
     for index, radius in enumerate(radii):
         assert radius > 0
         point = x[index : index + 1]
-        kept = attack_guarantee(model, point, None, name, 0.99 * radius, norm, steps=40, restarts=2)
+        kept = attack_guarantee(model, point, None, name, 0.99 * radius, norm, AttackSettings(steps=40, restarts=2))
         assert int(kept.survived_k[0]) > 0, f"point {index}: a set of radius {radius} broken at 0.99 r"
-        broken = attack_guarantee(model, point, None, name, 1.2 * radius, norm, steps=40, restarts=2)
+        broken = attack_guarantee(model, point, None, name, 1.2 * radius, norm, AttackSettings(steps=40, restarts=2))
         assert int(broken.survived_k[0]) == 0, f"point {index}: no acceptable set broken at 1.2 r"
-        assert bool((broken.worst_margin[broken.accept] <= 0).all())
+        assert all(bool((w <= 0).all()) for w in broken.worst)
 
 
 def test_attack_batches_points_and_gloro_radius_agrees():
@@ -87,9 +85,10 @@ def test_attack_batches_points_and_gloro_radius_agrees():
     # one batched call per radius: every point is robust below its radius, none above
     result = attack_guarantee(model, x, model(x).argmax(1), "rtk:2", 0.0, 2)
     assert bool(result.robust.all()) and result.robust_accuracy() == 1.0
-    assert result.worst_margin.shape == (40, 2) and result.accept.all()
+    (claim,) = result.claims  # one claim per acceptable (point, k): 40 points x k in {1, 2}
+    assert len(claim) == 80 and result.worst[0].shape == (80,)
     small = float(cert.radius.min()) * 0.99
-    kept = attack_guarantee(model, x, None, "rtk:2", small, 2, steps=40)
+    kept = attack_guarantee(model, x, None, "rtk:2", small, 2, AttackSettings(steps=40))
     assert bool(kept.robust.all())
     assert bool((kept.classes.sum(1) == kept.survived_k).all())
 
@@ -111,7 +110,7 @@ def test_check_certificates_names_an_overclaiming_point():
     x = torch.randn(30, 4, dtype=torch.float64)
     eps = 0.4
     cert = rp.certify(model, x, eps, 2, "gloro", "standard")
-    assert check_certificates(model, x, cert, steps=40) == []
+    assert check_certificates(model, x, cert, settings=AttackSettings(steps=40)).points == []
     # hand-made lie: claim top-1 robustness at a point whose exact radius is below eps / 1.2
     W, b = model[0].weight.tolist(), model[0].bias.tolist()
     radii = [exact_radius(W, b, row.tolist(), "standard", 2) for row in x]
@@ -123,7 +122,7 @@ def test_check_certificates_names_an_overclaiming_point():
     classes = cert.classes.clone()
     classes[liar] = nn.functional.one_hot(cert.pred[liar], 5).bool()
     fake = replace(cert, certified=certified, k=k, classes=classes)
-    assert check_certificates(model, x, fake, steps=40) == [liar]
+    assert check_certificates(model, x, fake, settings=AttackSettings(steps=40)) == {"set": [liar]}
 
 
 def test_autoattack_wrapper_on_tiny_models():
@@ -133,7 +132,7 @@ def test_autoattack_wrapper_on_tiny_models():
     eps = 0.3
     W, b = model[0].weight.tolist(), model[0].bias.tolist()
     radii = torch.tensor([exact_radius(W, b, row.tolist(), "standard", 2) for row in x])
-    result = autoattack_accuracy(model, x, y, eps, 2, fast=True)
+    result = autoattack_accuracy(model, x, y, eps, 2, AttackSettings(autoattack_fast=True))
     assert result.attacks == ("apgd-ce", "apgd-t")
     # exact on a linear model: points with radius > eps survive, those below eps / 1.2 fall
     assert bool(result.robust[radii > eps * 1.001].all())
@@ -155,16 +154,16 @@ def test_attack_report_counts():
     model = _linear().float()
     x = torch.randn(32, 4)
     y = model(x).argmax(1)
-    record = attack_report(model, TensorDataset(x, y), "rtk:2", 0.3, 2, "gloro", autoattack_fast=True, steps=20)
+    record = attack_report(model, TensorDataset(x, y), "rtk:2", 0.3, 2, "gloro", AttackSettings(autoattack_fast=True, steps=20))
     assert record["points"] == 32 and record["broken"] == 0 and record["broken_points"] == []
     assert record["attacked"] == record["certified"] > 0
     assert record["empirical_robust_accuracy"] >= record["vra"]
     assert record["gap"] == pytest.approx(record["empirical_robust_accuracy"] - record["vra"])
     assert 0 <= record["autoattack_accuracy"] <= 1
-    assert record["autoattack_broken"] == []
+    assert record["broken_claims"] == {"set": []}
 
 
-# ----------------------------------------------------------------------------- attack_main
+# ----------------------------------------------------------------------------- relaxplug attack
 
 
 @pytest.fixture
@@ -175,14 +174,17 @@ def checkpoint(tmp_path, monkeypatch):
 def test_attack_main_exit_codes(checkpoint, tmp_path, capsys):
     import json
 
-    code = attack_main(checkpoint, "standard", 5.0, "2", OverClaiming.name, None, 20, 1, tmp_path / "bad", "cpu", False)
+    code = cli_main(["attack", "--checkpoint", str(checkpoint), "--guarantee", "standard", "--eps", "5", "--norm", "2",
+                     "--certifier", OverClaiming.name, "--steps", "20", "--restarts", "1", "--out", str(tmp_path / "bad"),
+                     "--device", "cpu", "--no-autoattack", "--quiet"])
     out = capsys.readouterr().out
     assert code == 1
     record = json.loads((tmp_path / "bad" / "attack.json").read_text())
     assert record["certified"] == 24 and record["broken"] > 0
     assert "BROKEN" in out and ", ".join(map(str, record["broken_points"][:3])) in out
 
-    code = attack_main(checkpoint, None, None, "2", "gloro", 16, 20, 1, tmp_path / "good", "cpu", True, autoattack_fast=True)
+    code = cli_main(["attack", "--checkpoint", str(checkpoint), "--norm", "2", "--limit", "16", "--steps", "20",
+                     "--restarts", "1", "--out", str(tmp_path / "good"), "--device", "cpu", "--autoattack-fast", "--quiet"])
     assert code == 0
     record = json.loads((tmp_path / "good" / "attack.json").read_text())
     assert record["points"] == 16 and record["eps"] == 0.02 and record["broken"] == 0
@@ -192,15 +194,27 @@ def test_attack_main_exit_codes(checkpoint, tmp_path, capsys):
 
 @pytest.mark.parametrize("norm", [2.0, float("inf")])
 def test_counterexamples_are_moved_exactly_into_the_closed_ball(norm):
-    from relaxplug.attacks.robustness import _into_ball
-
     x = torch.rand(64, 3, 5, 5) * 100
     direction = torch.randn_like(x)
     size = direction.flatten(1).abs().amax(1) if norm == float("inf") else direction.flatten(1).norm(dim=1)
     eps = 0.3
     x_adv = x + direction / size.view(-1, 1, 1, 1) * eps * (1 + 1e-7)  # an ulp or so outside
-    inside = _into_ball(x, x_adv, eps, norm)
+    inside = into_ball(x, x_adv, eps, norm)
     delta = (inside.double() - x.double()).flatten(1)
     reach = delta.abs().amax(1) if norm == float("inf") else delta.norm(dim=1)
     assert bool((reach <= eps).all())
     assert bool((reach >= eps * (1 - 1e-3)).all())  # moved, not reset to the clean point
+
+
+@pytest.mark.parametrize("flag, value", [("--steps", "0"), ("--restarts", "-1"), ("--targets", "-2")])
+def test_attack_refuses_vacuous_settings(checkpoint, tmp_path, capsys, flag, value):
+    code = cli_main(["attack", "--checkpoint", str(checkpoint), flag, value, "--out", str(tmp_path), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and flag.lstrip("-") in err and "attack" in err
+    assert not (tmp_path / "attack.json").exists()
+
+
+def test_attack_refuses_unsupported_norm(checkpoint, tmp_path, capsys):
+    code = cli_main(["attack", "--checkpoint", str(checkpoint), "--norm", "1", "--out", str(tmp_path), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "norm must be 2 or inf, got '1'" in err
