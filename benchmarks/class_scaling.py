@@ -23,7 +23,7 @@ import torch
 
 import relaxplug as rp
 from relaxplug.adapters import RTK
-from relaxplug.lipschitz.stack import estimator_for
+from relaxplug.lipschitz import estimator_for
 from relaxplug.models.architectures import build_model
 
 from gloro_overhead import timed_side_by_side
