@@ -13,6 +13,7 @@ gathered per-rank results in rank order restores the one-process order exactly.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ __all__ = [
     "gather_to_main",
     "reduce_sums",
     "broadcast_tensors",
+    "replicas_disagree",
     "barrier",
 ]
 
@@ -50,13 +52,15 @@ TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 @dataclass(frozen=True)
 class DistributedContext:
     """Where this process sits in the run: ``rank`` of ``world_size`` processes, ``device`` it
-    computes on, ``backend`` of the process group (``None`` for a one-process run)."""
+    computes on, ``backend`` of the process group (``None`` for a one-process run), and whether
+    ``torchrun`` started it (with one process too)."""
 
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
     backend: str | None = None
+    torchrun: bool = False
 
     @property
     def distributed(self) -> bool:
@@ -122,14 +126,15 @@ def setup(device: str | torch.device = "auto", environ: Mapping[str, str] | None
         raise ValueError(f"torchrun variables RANK={rank}, LOCAL_RANK={local} do not fit WORLD_SIZE={world}")
     where = rank_device(device, local, world)
     if world == 1:
-        return DistributedContext(rank=0, world_size=1, local_rank=local, device=where)
+        return DistributedContext(rank=0, world_size=1, local_rank=local, device=where, torchrun=True)
     backend = "nccl" if where.type == "cuda" else "gloo"
     if where.type == "cuda":
         torch.cuda.set_device(where)
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
     logger.debug("rank %d/%d on %s (%s)", rank, world, where, backend)
-    return DistributedContext(rank=rank, world_size=world, local_rank=local, device=where, backend=backend)
+    return DistributedContext(rank=rank, world_size=world, local_rank=local, device=where, backend=backend,
+                              torchrun=True)
 
 
 def teardown(context: DistributedContext) -> None:
@@ -236,6 +241,18 @@ def broadcast_tensors(tensors: Sequence[Tensor], context: DistributedContext, sr
             incoming = tensor.detach().clone()
             dist.broadcast(incoming, src=src)
             tensor.copy_(incoming)
+
+
+def replicas_disagree(module: nn.Module, context: DistributedContext) -> list[str]:
+    """Names of ``module``'s parameters and buffers whose bytes differ between ranks (every
+    rank gets the same list; empty when all replicas are identical, and for one process)."""
+    if not context.distributed:
+        return []
+    digests = {name: hashlib.sha256(tensor.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
+               for name, tensor in [*module.named_parameters(), *module.named_buffers()]}
+    every: list[Any] = [None] * context.world_size
+    dist.all_gather_object(every, digests)
+    return sorted(name for name in digests if len({ranks.get(name) for ranks in every}) > 1)
 
 
 def barrier(context: DistributedContext) -> None:

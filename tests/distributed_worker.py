@@ -1,9 +1,16 @@
-"""Run by ``tests/test_distributed.py`` under ``torchrun --nproc_per_node=2`` (gloo, CPU): each
-rank exercises :mod:`relaxplug.distributed` and rank 0 writes what it saw to ``OUT/result.json``."""
+"""Run by ``tests/test_distributed.py`` under ``torchrun`` (gloo, CPU).
+
+``python tests/distributed_worker.py OUT``: each rank exercises :mod:`relaxplug.distributed`
+and rank 0 writes what it saw to ``OUT/result.json``.
+``python tests/distributed_worker.py OUT CONFIG.yaml``: each rank trains with
+:func:`relaxplug.training.trainer.train` and saves its own final parameters and buffers to
+``OUT/rank{RANK}.pt`` (what the test compares between ranks and process counts).
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -53,5 +60,18 @@ def main(out: Path) -> None:
     distributed.teardown(context)
 
 
+def train_and_dump(out: Path, config_path: str) -> None:
+    from relaxplug.training.config import load_config
+    from relaxplug.training.trainer import train
+
+    torch.set_num_threads(1)
+    result = train(load_config(config_path), resume=True, progress=False)
+    rank = os.environ.get("RANK", "0")
+    torch.save({k: v.detach().cpu().clone() for k, v in result.model.state_dict().items()}, out / f"rank{rank}.pt")
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    if len(sys.argv) > 2:
+        train_and_dump(Path(sys.argv[1]), sys.argv[2])
+    else:
+        main(Path(sys.argv[1]))

@@ -11,6 +11,7 @@ import torch
 
 from relaxplug import distributed
 from relaxplug.distributed import DistributedContext, launched_by_torchrun, setup, shard_range
+from relaxplug.models.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -85,3 +86,90 @@ def test_a_fixed_gpu_is_refused_for_several_processes():
     assert distributed.rank_device("cuda", 0, 2) == torch.device("cuda", 0)
     with pytest.raises(ValueError, match="CUDA device"):
         distributed.rank_device("cuda", torch.cuda.device_count(), torch.cuda.device_count() + 1)
+
+
+# --- training under torchrun ------------------------------------------------------------------
+
+RTK2 = """
+name: ddp
+dataset: digits
+architecture: digits_cnn
+guarantee: rtk:2
+eps: 0.3
+epochs: {epochs}
+batch_size: 64
+limit_train: {limit}
+lr: "1e-3"
+eps_ramp_epochs: 1
+device: cpu
+out_dir: {out}
+gloro:
+  loss: trades
+  trades_lambda: "0.5"
+  power_iterations: 2
+"""
+
+
+def _config(tmp_path: Path, name: str, epochs: int = 2, limit: int = 256) -> Path:
+    out = tmp_path / name
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(RTK2.format(epochs=epochs, limit=limit, out=out))
+    return path
+
+
+def _train(tmp_path: Path, name: str, nproc: int, **config) -> list[dict[str, torch.Tensor]]:
+    """Train under torchrun with ``nproc`` processes; each rank's final state dict."""
+    path = _config(tmp_path, name, **config)
+    dumps = tmp_path / f"{name}-dumps"
+    dumps.mkdir()
+    torchrun(nproc, "tests/distributed_worker.py", str(dumps), str(path), timeout=300)
+    return [torch.load(dumps / f"rank{r}.pt") for r in range(nproc)]
+
+
+@pytest.fixture(scope="module")
+def one_process_run(tmp_path_factory):
+    """2 epochs of GloRo RT2 training, global batch 64, under torchrun with 1 process."""
+    return _train(tmp_path_factory.mktemp("one"), "one", 1)[0]
+
+
+def _max_difference(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+
+
+# Tolerance of the 2-process run against the 1-process run, 8 Adam steps at lr 1e-3 in float32:
+# the two runs take the same steps on the same samples, but DDP sums two half-batch mean
+# gradients where one process sums the whole batch, so gradients differ by float32 rounding
+# (relative ~1e-7). Adam divides by the gradient's running RMS, so per step and weight the update
+# moves by at most about lr * that relative difference, except where a gradient component is
+# itself at rounding level and its sign can flip (up to 2 lr = 2e-3 per step on that weight).
+# 1e-4 admits a few such rounding-level flips over 8 steps yet catches a wrong batch split
+# (each process training on the whole batch, or B instead of B/2 per process), which moves
+# weights by about lr per step (~1e-3) everywhere: the control below checks that it does.
+WEIGHT_TOLERANCE = 1e-4
+
+
+def test_two_processes_train_like_one_with_the_global_batch(tmp_path, one_process_run):
+    ranks = _train(tmp_path, "two", 2)
+    # the Lipschitz state (power-iteration vectors) and the weights are identical on both ranks
+    assert ranks[0].keys() == ranks[1].keys()
+    vectors = [k for k in ranks[0] if "lipschitz" in k]  # the power-iteration vectors (buffers)
+    assert vectors, sorted(ranks[0])
+    for key in ranks[0]:
+        assert torch.equal(ranks[0][key], ranks[1][key]), key
+    # what rank 0 saved is what it trained
+    saved = load_checkpoint(tmp_path / "two" / "checkpoint.pt").model.state_dict()
+    assert _max_difference(saved, ranks[0]) == 0.0
+    difference = _max_difference(ranks[0], one_process_run)
+    assert difference <= WEIGHT_TOLERANCE, difference
+
+
+def test_the_weight_tolerance_catches_a_different_batch(tmp_path, one_process_run):
+    """Control: the same run with each process loading the whole global batch (batch 128 in all)
+    ends further from the one-process run than the tolerance."""
+    path = _config(tmp_path, "control")
+    path.write_text(path.read_text().replace("batch_size: 64", "batch_size: 128"))
+    dumps = tmp_path / "control-dumps"
+    dumps.mkdir()
+    torchrun(2, "tests/distributed_worker.py", str(dumps), str(path), timeout=300)
+    assert _max_difference(torch.load(dumps / "rank0.pt"), one_process_run) > 10 * WEIGHT_TOLERANCE
