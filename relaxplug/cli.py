@@ -359,6 +359,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from relaxplug.models.checkpoint import CheckpointError
     from relaxplug.training.config import load_config
     from relaxplug.training.trainer import train
+    from relaxplug.distributed import main_process
 
     overrides = [*args.overrides, *([f"device={args.device}"] if args.device else [])]
     config = load_config(args.config, overrides)
@@ -369,9 +370,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if args.no_resume:
             raise
         raise CheckpointError(f"{error}; cannot resume from it: pass --no-resume to start over") from error
-    print(f"trained {config.name}:")
-    print(format_history(result.history))
-    print(f"checkpoint: {result.checkpoint}")
+    if main_process():  # under torchrun every rank returns here; rank 0 reports
+        print(f"trained {config.name}:")
+        print(format_history(result.history))
+        print(f"checkpoint: {result.checkpoint}")
     return 0
 
 

@@ -30,6 +30,7 @@ from relaxplug.runtime import resolve_device
 __all__ = [
     "DistributedContext",
     "launched_by_torchrun",
+    "main_process",
     "rank_device",
     "setup",
     "teardown",
@@ -77,6 +78,12 @@ def launched_by_torchrun(environ: Mapping[str, str] | None = None) -> bool:
     """``True`` when the torchrun variables ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` are set."""
     env = os.environ if environ is None else environ
     return all(name in env for name in TORCHRUN_VARIABLES)
+
+
+def main_process(environ: Mapping[str, str] | None = None) -> bool:
+    """``True`` in a one-process run and in torchrun's rank 0 (from ``RANK``; no process group needed)."""
+    env = os.environ if environ is None else environ
+    return env.get("RANK", "0").strip() == "0"
 
 
 def _env_int(env: Mapping[str, str], name: str) -> int:

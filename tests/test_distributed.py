@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -161,6 +163,7 @@ def test_two_processes_train_like_one_with_the_global_batch(tmp_path, one_proces
     saved = load_checkpoint(tmp_path / "two" / "checkpoint.pt").model.state_dict()
     assert _max_difference(saved, ranks[0]) == 0.0
     difference = _max_difference(ranks[0], one_process_run)
+    print(f"2 processes vs 1: largest weight difference {difference:.3g}")
     assert difference <= WEIGHT_TOLERANCE, difference
 
 
@@ -172,4 +175,35 @@ def test_the_weight_tolerance_catches_a_different_batch(tmp_path, one_process_ru
     dumps = tmp_path / "control-dumps"
     dumps.mkdir()
     torchrun(2, "tests/distributed_worker.py", str(dumps), str(path), timeout=300)
-    assert _max_difference(torch.load(dumps / "rank0.pt"), one_process_run) > 10 * WEIGHT_TOLERANCE
+    control = _max_difference(torch.load(dumps / "rank0.pt"), one_process_run)
+    print(f"control (batch 128 per process) vs 1 process: {control:.3g}")
+    assert control > 10 * WEIGHT_TOLERANCE
+
+
+def test_killed_mid_epoch_resumes_with_another_process_count(tmp_path, one_process_run):
+    """``torchrun -m relaxplug train`` with 2 processes, killed (SIGKILL, whole process group)
+    right after its first checkpoint, resumes under 1 process and ends where an uninterrupted
+    1-process run ends (same global batches: the data order depends on seed and epoch only)."""
+    path = _config(tmp_path, "killed")
+    checkpoint = tmp_path / "killed" / "checkpoint.pt"
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "relaxplug", "train", str(path), "--quiet"]
+    run = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while not checkpoint.is_file() and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.killpg(run.pid, signal.SIGKILL)
+    finally:
+        run.wait(timeout=60)
+    assert run.returncode == -signal.SIGKILL  # killed, not finished
+    epoch = load_checkpoint(checkpoint).metadata["epoch"]
+    assert epoch == 1  # killed in epoch 2 of 2
+    done = torchrun(1, "-m", "relaxplug", "train", str(path), "--quiet", timeout=300)
+    assert "trained ddp" in done.stdout
+    resumed = load_checkpoint(checkpoint)
+    assert resumed.metadata["epoch"] == 2
+    difference = _max_difference(resumed.model.state_dict(), one_process_run)
+    assert difference <= WEIGHT_TOLERANCE, difference
