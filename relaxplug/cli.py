@@ -271,6 +271,7 @@ def _model_file(args: argparse.Namespace, loaded) -> Path:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from relaxplug import distributed
     from relaxplug.evaluation.dataset import certify_dataset
     from relaxplug.evaluation.metrics import summarize
     from relaxplug.evaluation.report import eval_filename, format_table, write_json
@@ -285,12 +286,20 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         options["iterations"] = args.alpha_iterations
     _check_out(args)
     _load_optional_certifiers()
-    loaded, guarantee, spec, eps, dataset, device = _load_for_eval(args)
-    out_dir = check_output_dir(args.out or _model_file(args, loaded).parent)
-    cert, logits, labels = certify_dataset(
-        loaded.model, dataset, eps, args.norm, args.certifier, guarantee, args.batch_size, device,
-        limit=args.limit, progress=not args.quiet, **options,
-    )
+    context = distributed.setup(args.device)  # under torchrun: this rank's device, a shard of the data
+    try:
+        args.device = str(context.device)
+        loaded, guarantee, spec, eps, dataset, device = _load_for_eval(args)
+        out_dir = check_output_dir(args.out or _model_file(args, loaded).parent)
+        gathered = certify_dataset(
+            loaded.model, dataset, eps, args.norm, args.certifier, guarantee, args.batch_size, device,
+            limit=args.limit, progress=not args.quiet, context=context, **options,
+        )
+    finally:
+        distributed.teardown(context)
+    if gathered is None:  # a rank other than 0: rank 0 reports and writes
+        return 0
+    cert, logits, labels = gathered
     record = summarize(cert, logits, labels)
     record["guarantee"] = spec
     record["checkpoint"] = str(_model_file(args, loaded))

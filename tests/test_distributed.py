@@ -129,9 +129,16 @@ def _train(tmp_path: Path, name: str, nproc: int, **config) -> list[dict[str, to
 
 
 @pytest.fixture(scope="module")
-def one_process_run(tmp_path_factory):
-    """2 epochs of GloRo RT2 training, global batch 64, under torchrun with 1 process."""
-    return _train(tmp_path_factory.mktemp("one"), "one", 1)[0]
+def one_process_training(tmp_path_factory):
+    """2 epochs of GloRo RT2 training, global batch 64, under torchrun with 1 process: its
+    final state dict and its checkpoint."""
+    where = tmp_path_factory.mktemp("one")
+    return _train(where, "one", 1)[0], where / "one" / "checkpoint.pt"
+
+
+@pytest.fixture(scope="module")
+def one_process_run(one_process_training):
+    return one_process_training[0]
 
 
 def _max_difference(a: dict, b: dict) -> float:
@@ -207,3 +214,25 @@ def test_killed_mid_epoch_resumes_with_another_process_count(tmp_path, one_proce
     assert resumed.metadata["epoch"] == 2
     difference = _max_difference(resumed.model.state_dict(), one_process_run)
     assert difference <= WEIGHT_TOLERANCE, difference
+
+
+# --- certification under torchrun --------------------------------------------------------------
+
+
+def test_two_process_eval_writes_the_one_process_json(tmp_path, one_process_training):
+    """``eval`` sharded over 2 processes (batch 48: 13 batches of 599 points, 7 and 6 per rank)
+    writes the same ``eval.json`` as 1 process, timing aside."""
+    checkpoint = one_process_training[1]
+    files = {}
+    for nproc in (1, 2):
+        out = tmp_path / f"eval{nproc}"
+        done = torchrun(nproc, "-m", "relaxplug", "eval", "--checkpoint", str(checkpoint),
+                        "--guarantee", "rtk:2", "--eps", "0.05", "--batch-size", "48", "--device", "cpu",
+                        "--out", str(out), "--quiet", timeout=300)
+        written = sorted(out.glob("*.json"))
+        assert len(written) == 1, (written, done.stdout)
+        files[nproc] = json.loads(written[0].read_text())
+    for record in files.values():
+        record.pop("seconds")
+    assert files[1] == files[2]
+    assert files[1]["points"] == 599 and 0 < files[1]["vra"] < 1 and 0 < files[1]["rejection_rate"] < 1
