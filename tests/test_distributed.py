@@ -236,3 +236,105 @@ def test_two_process_eval_writes_the_one_process_json(tmp_path, one_process_trai
         record.pop("seconds")
     assert files[1] == files[2]
     assert files[1]["points"] == 599 and 0 < files[1]["vra"] < 1 and 0 < files[1]["rejection_rate"] < 1
+
+
+CROWN_IBP = """
+name: ddp-crown
+dataset: digits
+architecture: mlp
+method: crown-ibp
+guarantee: standard
+eps: 0.1
+norm: inf
+epochs: 1
+batch_size: 64
+limit_train: 256
+lr: "1e-3"
+eps_ramp_epochs: 1
+device: cpu
+out_dir: {out}
+crown-ibp:
+  warmup_epochs: 0
+  kappa: "1 -> 0"
+  beta: "1 -> 0"
+"""
+
+
+def test_crown_ibp_under_ddp_trains_like_one_process(tmp_path):
+    """CROWN-IBP (auto_LiRPA bounds on each rank's half batch, DDP-averaged gradients): 2 processes
+    end where 1 process ends, within the same tolerance and for the same reason."""
+    states = {}
+    for nproc in (1, 2):
+        path = tmp_path / f"crown{nproc}.yaml"
+        path.write_text(CROWN_IBP.format(out=tmp_path / f"crown{nproc}"))
+        dumps = tmp_path / f"crown{nproc}-dumps"
+        dumps.mkdir()
+        torchrun(nproc, "tests/distributed_worker.py", str(dumps), str(path), timeout=300)
+        states[nproc] = [torch.load(dumps / f"rank{r}.pt") for r in range(nproc)]
+    assert _max_difference(states[2][0], states[2][1]) == 0.0
+    difference = _max_difference(states[2][0], states[1][0])
+    assert difference <= WEIGHT_TOLERANCE, difference
+
+
+# --- bf16 and GPUs ------------------------------------------------------------------------------
+
+
+def test_bf16_is_refused_off_cuda_and_for_crown_ibp(tmp_path):
+    from relaxplug.training.config import load_config
+    from relaxplug.training.trainer import train
+
+    path = _config(tmp_path, "bf16-cpu", epochs=1, limit=64)
+    with pytest.raises(ValueError, match="bf16 autocast is for CUDA training; the run is on cpu"):
+        train(load_config(path, ["bf16=true"]), progress=False)
+    crown = tmp_path / "crown.yaml"
+    crown.write_text(CROWN_IBP.format(out=tmp_path / "crown"))
+    with pytest.raises(ValueError, match="CROWN-IBP's bounds"):
+        load_config(crown, ["bf16=true"])
+    with pytest.raises(ValueError, match="bf16 must be true or false"):
+        load_config(path, ["bf16=1"])
+
+
+@pytest.mark.gpu
+def test_bf16_training_on_cuda(tmp_path):
+    """bf16 autocast on CUDA: trains, the weights stay float32 and finite, and the bf16 run ends
+    near the float32 run (bf16 keeps 8 mantissa bits: logits differ by ~1e-2 relative)."""
+    from relaxplug.training.config import load_config
+    from relaxplug.training.trainer import train
+
+    runs = {}
+    for bf16 in (False, True):
+        path = _config(tmp_path, f"cuda-bf16-{bf16}", epochs=1, limit=256)
+        result = train(load_config(path, ["device=cuda", f"bf16={str(bf16).lower()}"]), progress=False)
+        runs[bf16] = result
+    state = runs[True].model.state_dict()
+    assert all(v.dtype == torch.float32 and bool(torch.isfinite(v).all()) for v in state.values())
+    losses = [runs[b].history[-1]["loss"] for b in (False, True)]
+    assert abs(losses[0] - losses[1]) < 0.05 * abs(losses[0]), losses
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL with 2 processes needs 2 GPUs")
+def test_nccl_two_gpus_train_and_eval(tmp_path):
+    env_cuda = dict(os.environ, OMP_NUM_THREADS="1")
+    path = _config(tmp_path, "nccl", epochs=1, limit=256)
+    path.write_text(path.read_text().replace("device: cpu", "device: cuda"))
+    dumps = tmp_path / "nccl-dumps"
+    dumps.mkdir()
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "tests/distributed_worker.py", str(dumps), str(path)]
+    done = subprocess.run(command, cwd=REPO, env=env_cuda, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [torch.load(dumps / f"rank{r}.pt") for r in range(2)]
+    assert _max_difference(ranks[0], ranks[1]) == 0.0  # weights and Lipschitz state agree across GPUs
+    files = {}
+    for nproc in (1, 2):
+        out = tmp_path / f"nccl-eval{nproc}"
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                   "-m", "relaxplug", "eval", "--checkpoint", str(tmp_path / "nccl" / "checkpoint.pt"),
+                   "--guarantee", "rtk:2", "--eps", "0.05", "--batch-size", "48", "--device", "cuda",
+                   "--out", str(out), "--quiet"]
+        done = subprocess.run(command, cwd=REPO, env=env_cuda, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        files[nproc] = json.loads(next(out.glob("*.json")).read_text())
+        files[nproc].pop("seconds")
+    assert files[1] == files[2]
