@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import traceback
 import warnings
@@ -458,6 +459,19 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     print(f"warning: {message}", file=sys.stderr)
 
 
+#: commands that run data-parallel under torchrun (docs/distributed.md); the others need one process
+DISTRIBUTED_COMMANDS = ("train", "eval")
+
+
+def _check_processes(command: str) -> None:
+    """Refuse a command that does not shard its work when torchrun starts several processes
+    (each would repeat the work and write the same files)."""
+    world = os.environ.get("WORLD_SIZE", "1").strip()
+    if world != "1" and command not in DISTRIBUTED_COMMANDS:
+        raise ValueError(f"'relaxplug {command}' runs in one process, torchrun started {world}: run it without "
+                         f"torchrun (data-parallel commands: {', '.join(DISTRIBUTED_COMMANDS)})")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (errors: one line on stderr)."""
     try:
@@ -469,6 +483,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with warnings.catch_warnings():
             if not args.verbose:
                 warnings.showwarning = _show_warning
+            _check_processes(args.command)
             return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -338,3 +338,13 @@ def test_nccl_two_gpus_train_and_eval(tmp_path):
         files[nproc] = json.loads(next(out.glob("*.json")).read_text())
         files[nproc].pop("seconds")
     assert files[1] == files[2]
+
+
+def test_commands_that_do_not_shard_are_refused_under_several_processes(monkeypatch, capsys):
+    from relaxplug.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["list"]) == 2
+    assert "'relaxplug list' runs in one process, torchrun started 2" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert main(["list"]) == 0
