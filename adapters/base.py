@@ -11,7 +11,9 @@ and the point is certified iff ``m(x) > 0``. Classes are ranked by a stable desc
 so equal logits are ordered by class index and never compared for float equality.
 
 Bounds are exchanged in *rank form*: ``lower[b, r, s]`` bounds ``f_{o_r} - f_{o_s}`` where
-``o = rank_order(logits)[b]``; only ``r < K`` (the top-K candidates) and ``s > r`` are read.
+``o = rank_order(logits, K)[b]``; only ``r < K`` (the top-K candidates) and ``s > r`` are read.
+Only the first ``K`` positions of ``o`` are ranks; the classes after them are read as a set
+(the complement of ``F^K``), so they are not sorted.
 """
 
 from __future__ import annotations
@@ -35,12 +37,45 @@ __all__ = [
 ]
 
 
-def rank_order(logits: Tensor) -> Tensor:
+def rank_order(logits: Tensor, k: int | None = None) -> Tensor:
     """Class indices by decreasing logit; ties keep increasing class index.
+
+    With ``k``, only the first ``k`` ranks are ordered (they equal the first ``k`` of the full
+    order exactly); the other classes follow in a fixed order that depends only on the top-``k``
+    set. ``F^j`` for ``j <= k`` depends only on the top ``k``, and selecting it costs one
+    ``topk`` pass instead of a stable sort of all ``n`` logits. A batch with NaN logits, or with
+    a tie across the ``k``-th rank, takes the full sort.
 
     Shape: ``(B, n) -> (B, n)`` long.
     """
-    return torch.sort(logits.detach(), dim=1, descending=True, stable=True).indices
+    logits = logits.detach()
+    batch, n = logits.shape
+    if k is not None and k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if k is None or k >= n:
+        return _stable_sort(logits)
+    values, top = torch.topk(logits, k + 1, dim=1)  # (B, k + 1)
+    # a NaN logit makes its row's sum NaN (one cheap reduction instead of an elementwise test)
+    if not bool((values[:, k - 1] > values[:, k]).all() & ~torch.isnan(logits.sum(dim=1)).any()):
+        return _stable_sort(logits)
+    # the top-k set is unambiguous; order it by value, ties by index (stable sort of an index-sorted set)
+    top = top[:, :k].sort(dim=1).values  # (B, k) increasing class index
+    top = top.gather(1, _stable_sort(logits.gather(1, top)))  # (B, k) rank order
+    # the others: identity order, with each top class's slot (index >= k) given to a front class
+    # (index < k) that is not in the top set; both lists are paired in increasing index
+    front = torch.arange(k, device=logits.device)
+    free_front = ~(top[:, :, None] == front).any(dim=1)  # (B, k): class c < k not in the top set
+    free_key = torch.where(free_front, front, n).sort(dim=1).values  # valid entries first
+    slot_key = torch.where(top >= k, top, n).sort(dim=1).values  # same count of valid entries
+    valid = slot_key < n
+    order = torch.arange(n, device=logits.device).repeat(batch, 1)
+    order.scatter_(1, torch.where(valid, slot_key, 0), torch.where(valid, free_key, 0))
+    order[:, :k] = top
+    return order
+
+
+def _stable_sort(logits: Tensor) -> Tensor:
+    return torch.sort(logits, dim=1, descending=True, stable=True).indices
 
 
 def topk_margins(lower: Tensor) -> Tensor:
@@ -54,20 +89,28 @@ def topk_margins(lower: Tensor) -> Tensor:
     batch, k_max, n = lower.shape
     if k_max > n:
         raise ValueError(f"at most n={n} candidate ranks, got K={k_max}")
-    pad = lower.new_full((batch, k_max, 1), float("inf"))
-    padded = torch.cat([lower, pad], dim=2)  # (B, K, n+1)
-    # suffix[b, r, s] = min_{s' >= s} lower[b, r, s']
-    suffix = padded.flip(2).cummin(dim=2).values.flip(2)
-    per_k_rows = suffix[:, :, 1 : k_max + 1]  # (B, K rows r, K values of k): min_{s >= k}
+    # one pass over the (B, K, n - K) tail (min over s >= K), then suffix minima over the K x K head
+    if k_max < n:
+        tail = lower[:, :, k_max:].min(dim=2, keepdim=True).values  # (B, K, 1)
+    else:
+        tail = lower.new_full((batch, k_max, 1), float("inf"))  # no class outside F^n
+    columns = torch.cat([lower[:, :, 1:k_max], tail], dim=2)  # (B, K rows r, K columns s = 1..K-1, >= K)
+    # per_k_rows[b, r, k - 1] = min_{s >= k} lower[b, r, s]
+    per_k_rows = columns.flip(2).cummin(dim=2).values.flip(2)
     prefix = per_k_rows.cummin(dim=1).values  # min over r' <= r
     return torch.diagonal(prefix, dim1=1, dim2=2)  # r = k - 1  -> (B, K)
 
 
-def topk_class_mask(order: Tensor, k: Tensor) -> Tensor:
-    """Boolean ``(B, n)`` mask of ``F^k(x)`` for a per-point ``k`` (``(B,)``; 0 gives none)."""
-    ranks = torch.empty_like(order)
-    ranks.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
-    return ranks < k[:, None]
+def topk_class_mask(order: Tensor, k: Tensor, max_k: int | None = None) -> Tensor:
+    """Boolean ``(B, n)`` mask of ``F^k(x)`` for a per-point ``k`` (``(B,)``; 0 gives none).
+
+    ``max_k``, when given, bounds every ``k``: only ``order[:, :max_k]`` is read.
+    """
+    batch, n = order.shape
+    width = n if max_k is None else min(int(max_k), n)
+    inside = torch.arange(width, device=order.device)[None, :] < k[:, None]  # (B, width)
+    mask = torch.zeros(batch, n, dtype=torch.bool, device=order.device)
+    return mask.scatter_(1, order[:, :width], inside)
 
 
 @dataclass(frozen=True)
@@ -77,7 +120,7 @@ class MarginRequest:
     some ``k > r`` (rows with no acceptable ``k > r`` may be left at ``+inf``)."""
 
     eps: float
-    order: Tensor  # (B, n) long
+    order: Tensor  # (B, n) long: the top K in rank order, then the other classes (unsorted)
     accept: Tensor  # (B, K) bool, prefix-closed in k
 
     @property
@@ -144,7 +187,7 @@ class Guarantee:
         return (float(eps),)
 
     def requests(self, logits: Tensor, eps: float) -> list[MarginRequest]:
-        order = rank_order(logits)
+        order = rank_order(logits, self.max_k(logits.shape[1]))
         accept = self.accept(order)
         return [MarginRequest(eps=r, order=order, accept=accept) for r in self.radii(eps)]
 
@@ -164,7 +207,7 @@ class Guarantee:
             margin=margin,
             certified=margin > 0,
             k=k,
-            classes=topk_class_mask(order, k),
+            classes=topk_class_mask(order, k, per_k.shape[1]),
             per_k=per_k,
         )
 

@@ -30,20 +30,22 @@ from relaxplug.models.architectures import build_model
 from relaxplug.training.trainer import gloro_step_loss
 
 
-def timed_side_by_side(fns: dict[str, Callable[[], None]], repeats: int, device: torch.device) -> dict[str, float]:
-    """Median wall-clock seconds of each function, measured in interleaved rounds (one call of
-    each per round, after one warm-up round), so drift in machine load hits all of them alike."""
+def timed_side_by_side(fns: dict[str, Callable[[], None]], repeats: int, device: torch.device,
+                       clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
+    """Median seconds of each function by ``clock`` (wall-clock by default), measured in interleaved
+    rounds (one call of each per round, after one warm-up round), so drift in machine load hits
+    all of them alike."""
     samples: dict[str, list[float]] = {name: [] for name in fns}
     for round_index in range(repeats + 1):
         for name, fn in fns.items():
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            start = time.perf_counter()
+            start = clock()
             fn()
             if device.type == "cuda":
                 torch.cuda.synchronize()
             if round_index:
-                samples[name].append(time.perf_counter() - start)
+                samples[name].append(clock() - start)
     return {name: statistics.median(values) for name, values in samples.items()}
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import traceback
 import warnings
@@ -277,6 +278,7 @@ def _model_file(args: argparse.Namespace, loaded) -> Path:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from relaxplug import distributed
     from relaxplug.evaluation.dataset import certify_dataset
     from relaxplug.evaluation.metrics import summarize
     from relaxplug.evaluation.report import eval_filename, format_table, write_json
@@ -291,12 +293,20 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         options["iterations"] = args.alpha_iterations
     _check_out(args)
     _load_optional_certifiers()
-    loaded, guarantee, spec, eps, dataset, device = _load_for_eval(args)
-    out_dir = check_output_dir(args.out or _model_file(args, loaded).parent)
-    cert, logits, labels = certify_dataset(
-        loaded.model, dataset, eps, args.norm, args.certifier, guarantee, args.batch_size, device,
-        limit=args.limit, progress=not args.quiet, **options,
-    )
+    context = distributed.setup(args.device)  # under torchrun: this rank's device, a shard of the data
+    try:
+        args.device = str(context.device)
+        loaded, guarantee, spec, eps, dataset, device = _load_for_eval(args)
+        out_dir = check_output_dir(args.out or _model_file(args, loaded).parent)
+        gathered = certify_dataset(
+            loaded.model, dataset, eps, args.norm, args.certifier, guarantee, args.batch_size, device,
+            limit=args.limit, progress=not args.quiet, context=context, **options,
+        )
+    finally:
+        distributed.teardown(context)
+    if gathered is None:  # a rank other than 0: rank 0 reports and writes
+        return 0
+    cert, logits, labels = gathered
     record = summarize(cert, logits, labels)
     record["guarantee"] = spec
     record["checkpoint"] = str(_model_file(args, loaded))
@@ -365,6 +375,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from relaxplug.models.checkpoint import CheckpointError
     from relaxplug.training.config import load_config
     from relaxplug.training.trainer import train
+    from relaxplug.distributed import main_process
 
     overrides = [*args.overrides, *([f"device={args.device}"] if args.device else [])]
     config = load_config(args.config, overrides)
@@ -375,9 +386,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if args.no_resume:
             raise
         raise CheckpointError(f"{error}; cannot resume from it: pass --no-resume to start over") from error
-    print(f"trained {config.name}:")
-    print(format_history(result.history))
-    print(f"checkpoint: {result.checkpoint}")
+    if main_process():  # under torchrun every rank returns here; rank 0 reports
+        print(f"trained {config.name}:")
+        print(format_history(result.history))
+        print(f"checkpoint: {result.checkpoint}")
     return 0
 
 
@@ -453,6 +465,19 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     print(f"warning: {message}", file=sys.stderr)
 
 
+#: commands that run data-parallel under torchrun (docs/distributed.md); the others need one process
+DISTRIBUTED_COMMANDS = ("train", "eval")
+
+
+def _check_processes(command: str) -> None:
+    """Refuse a command that does not shard its work when torchrun starts several processes
+    (each would repeat the work and write the same files)."""
+    world = os.environ.get("WORLD_SIZE", "1").strip()
+    if world != "1" and command not in DISTRIBUTED_COMMANDS:
+        raise ValueError(f"'relaxplug {command}' runs in one process, torchrun started {world}: run it without "
+                         f"torchrun (data-parallel commands: {', '.join(DISTRIBUTED_COMMANDS)})")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (errors: one line on stderr)."""
     try:
@@ -464,6 +489,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with warnings.catch_warnings():
             if not args.verbose:
                 warnings.showwarning = _show_warning
+            _check_processes(args.command)
             return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

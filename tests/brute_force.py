@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import itertools
 
+import torch
+
 
 def ranked(logits: list[float]) -> list[int]:
     return sorted(range(len(logits)), key=lambda c: (-logits[c], c))
@@ -62,3 +64,16 @@ def all_affinity_collections(n: int):
     yield [list(p) for p in pairs[:2]]
     yield [classes[: n // 2], classes[n // 2 :]]
     yield [[0, 1, 2], [2, 3]] if n >= 4 else [[0, 1]]
+
+
+def full_sort_order(logits):
+    """Rank order by a stable sort of all ``n`` logits (the reference for the top-K selection)."""
+    return torch.sort(logits, dim=1, descending=True, stable=True).indices
+
+
+def topk_margins_by_suffix_scan(lower):
+    """The reference: suffix minima over all ``n`` columns (padded with +inf), then prefix minima."""
+    batch, k_max, _ = lower.shape
+    padded = torch.cat([lower, lower.new_full((batch, k_max, 1), float("inf"))], dim=2)
+    suffix = padded.flip(2).cummin(dim=2).values.flip(2)[:, :, 1 : k_max + 1]
+    return torch.diagonal(suffix.cummin(dim=1).values, dim1=1, dim2=2)

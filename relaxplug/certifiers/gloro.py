@@ -21,16 +21,39 @@ def rank_pairs(matrix: Tensor, order: Tensor, n_candidates: int) -> Tensor:
     return rows.gather(2, order[:, None, :].expand(-1, n_candidates, -1))
 
 
-def gloro_lower_bounds(logits: Tensor, order: Tensor, pair_lipschitz: Tensor, eps: float, n_candidates: int) -> Tensor:
-    """``lower[b, r, s] = f_{o_r} - f_{o_s} - eps * K_{o_r o_s}`` (Equation C5).
+def gloro_lower_bounds(
+    logits: Tensor,
+    order: Tensor,
+    pair_lipschitz: Tensor,
+    eps: float,
+    n_candidates: int,
+    *,
+    forward_error: Tensor | None = None,
+    chunk: int = 64,
+) -> Tensor:
+    """``lower[b, r, s] = f_{o_r} - f_{o_s} - eps * K_{o_r o_s}`` (Equation C5). For certification
+    ``forward_error`` (``(B, 1, 1)``, the rounding error of the computed logits) is given and the
+    allowance ``rounding_allowance(logits, eps * K_{o_r o_s}) + forward_error`` is subtracted as
+    well; training leaves both out.
+
+    Computed ``chunk`` points at a time so the ``(chunk, K, n)`` intermediates stay in cache;
+    each point's value does not depend on the chunking.
 
     Args:
         logits: ``(B, n)``; order: ``(B, n)`` rank order; pair_lipschitz: ``(n, n)`` ``K_ji``.
     Returns: ``(B, K, n)`` rank-form lower bounds.
     """
     ranked = logits.gather(1, order)  # (B, n)
-    gaps = ranked[:, :n_candidates, None] - ranked[:, None, :]  # (B, K, n)
-    return gaps - eps * rank_pairs(pair_lipschitz, order, n_candidates)
+    parts = []
+    for start in range(0, max(logits.shape[0], 1), chunk):
+        rows = slice(start, start + chunk)
+        lower = ranked[rows, :n_candidates, None] - ranked[rows, None, :]  # (b, K, n)
+        scaled = rank_pairs(pair_lipschitz, order[rows], n_candidates).mul_(eps)  # eps * K_{o_r o_s}
+        lower = lower.sub_(scaled)
+        if forward_error is not None:
+            lower = lower.sub_(rounding_allowance(logits[rows], scaled) + forward_error[rows])
+        parts.append(lower)
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 @register_certifier("gloro")
@@ -77,11 +100,9 @@ class GloRoCertifier(Certifier):
         pair_k = self.pair_lipschitz(model, x.shape[1:]).to(logits.device)
         out = []
         for request in requests:
-            k = request.n_candidates
-            lower = gloro_lower_bounds(logits, request.order, pair_k, request.eps, k)
-            forward = self.forward_error(model, x, request.eps).to(logits)
-            slack = rounding_allowance(logits, request.eps * rank_pairs(pair_k, request.order, k)) + forward
-            out.append(lower - slack)
+            forward = self.forward_error(model, x, request.eps).to(logits)  # (B, 1, 1), depends on eps
+            out.append(gloro_lower_bounds(logits, request.order, pair_k, request.eps, request.n_candidates,
+                                          forward_error=forward))
         return out
 
     def radius(self, model: nn.Module, x: Tensor, logits: Tensor, guarantee: Guarantee, norm: float) -> Tensor | None:

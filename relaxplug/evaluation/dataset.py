@@ -9,10 +9,12 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
+from relaxplug import distributed
 from relaxplug.adapters import Guarantee
 from relaxplug.adapters.certificate import Certificate
 from relaxplug.certifiers import Certifier, get_certifier
 from relaxplug.certifiers.certify import certify
+from relaxplug.distributed import DistributedContext
 from relaxplug.evaluation.metrics import summarize
 
 __all__ = ["certify_dataset", "evaluate"]
@@ -30,11 +32,35 @@ def certify_dataset(
     limit: int | None = None,
     progress: bool = True,
     sets: Sequence[Sequence[int]] | None = None,
+    context: DistributedContext | None = None,
     **certifier_options,
-) -> tuple[Certificate, Tensor, Tensor]:
-    """Certify every point of ``dataset``; returns ``(certificate, logits, labels)``."""
+) -> tuple[Certificate, Tensor, Tensor] | None:
+    """Certify every point of ``dataset``; returns ``(certificate, logits, labels)``.
+
+    With a distributed ``context`` (torchrun, ``docs/distributed.md``) each rank certifies its
+    block of whole batches (the batches of a one-process run) and rank 0 returns the gathered
+    results in data-set order; the other ranks return ``None``.
+    """
     if limit is not None:
         dataset = Subset(dataset, range(min(limit, len(dataset))))
+    if context is not None and context.distributed:
+        if len(dataset) == 0:
+            raise ValueError("the data set is empty")
+        shard = distributed.shard_range(len(dataset), context, batch_size)
+        mine = _certify_batches(model, Subset(dataset, shard), eps, norm, certifier, guarantee, batch_size, device,
+                                progress and context.is_main, sets, certifier_options) if len(shard) else None
+        parts = distributed.gather_to_main(mine, context)
+        if parts is None:
+            return None
+        parts = [part for part in parts if part is not None]
+        return (Certificate.concat([p[0] for p in parts]), torch.cat([p[1] for p in parts]),
+                torch.cat([p[2] for p in parts]))
+    return _certify_batches(model, dataset, eps, norm, certifier, guarantee, batch_size, device, progress, sets,
+                            certifier_options)
+
+
+def _certify_batches(model: nn.Module, dataset: Dataset, eps, norm, certifier, guarantee, batch_size: int, device,
+                     progress: bool, sets, certifier_options: dict) -> tuple[Certificate, Tensor, Tensor]:
     cert_obj = get_certifier(certifier, **certifier_options)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     parts, logits, labels = [], [], []

@@ -117,6 +117,9 @@ class TrainConfig:
     grouping (e.g. ``coarse`` for CIFAR-100), or as a YAML file; at most one of the three.
     IGRP (``guarantee: igrp``): ``eps`` is the outer radius, ``eps_in <= eps`` the inner one.
     ``eps_min``/``eps_ramp_epochs``: the training radius ramps from ``eps_min`` to ``eps``.
+    ``batch_size`` is the global batch (under torchrun each process loads ``batch_size /
+    processes``). ``bf16``: the model's forward pass under bf16 autocast (CUDA; the Lipschitz
+    bound, margins and loss stay float32; ``docs/distributed.md``).
     """
 
     name: str = "run"
@@ -142,6 +145,7 @@ class TrainConfig:
     out_dir: str | None = None
     limit_train: int | None = None
     num_workers: int = 0
+    bf16: bool = False
     optimizer: OptimizerSection = field(default_factory=OptimizerSection)
     ema: EMASection = field(default_factory=EMASection)
     method_options: Any = None
@@ -165,6 +169,11 @@ class TrainConfig:
             object.__setattr__(self, "sets", tuple(tuple(int(c) for c in s) for s in self.sets))
         for name, cls in SECTIONS.items():
             object.__setattr__(self, name, _section(cls, getattr(self, name), name))
+        if not isinstance(self.bf16, bool):
+            raise ValueError(f"bf16 must be true or false, got {self.bf16!r}")
+        if self.bf16 and self.method == "crown-ibp":
+            raise ValueError("bf16 autocast is for gloro and natural training: CROWN-IBP's bounds are its margins "
+                             "and stay in float32")
         method = METHODS.get(self.method)
         object.__setattr__(self, "method_options", _section(method.Section, self.method_options, self.method))
         self._check_groups()

@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm  # tqdm.auto would call iter(loader) once more per epoch (an extra shuffle draw)
 
+from relaxplug import distributed
 from relaxplug.adapters import Guarantee, load_sets, resolve_guarantee
 from relaxplug.data import load_dataset
 from relaxplug.lipschitz import head_distances, load_lipschitz_state
@@ -31,11 +32,12 @@ from relaxplug.errors import TrainingDiverged
 from relaxplug.evaluation.report import format_history
 from relaxplug.models.checkpoint import load_checkpoint, save_checkpoint
 from relaxplug.outputs import atomic_write, lock_output_dir
-from relaxplug.runtime import resolve_device, seed_everything
+from relaxplug.runtime import seed_everything
 from relaxplug.training.config import TrainConfig, config_to_dict
 from relaxplug.training.losses import gloro_instrumented, gloro_loss
 from relaxplug.training.methods import METHODS, TrainingMethod
 from relaxplug.training.optim import Lookahead, WeightEMA, build_optimizer, warmup_factor
+from relaxplug.training.parallel import DistributedStep
 from relaxplug.training.schedules import parse_schedule
 
 __all__ = ["train", "TrainResult", "resolve_training_guarantee", "gloro_step_loss", "guarantee_name"]
@@ -113,9 +115,20 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> Tr
     refused: :class:`relaxplug.outputs.OutputDirInUse`). A loss or weight that stops being
     finite stops the run (:class:`relaxplug.errors.TrainingDiverged`) and keeps the last good
     checkpoint. Each epoch appends to ``train.log`` (a table) and ``metrics.jsonl`` there.
+
+    Under ``torchrun`` (``docs/distributed.md``) the run is data-parallel: ``batch_size`` is the
+    global batch, each process loads ``batch_size / processes`` through a ``DistributedSampler``,
+    DDP averages the gradients, metrics are summed over the ranks, and rank 0 alone locks the
+    output directory, logs and writes checkpoints.
     """
-    with lock_output_dir(config.output_dir):
-        return _train(config, resume, progress)
+    context = distributed.setup(config.device)
+    try:
+        if not context.is_main:
+            return _train(config, resume, False, context)
+        with lock_output_dir(config.output_dir):
+            return _train(config, resume, progress, context)
+    finally:
+        distributed.teardown(context)
 
 
 def _diverged(where: str, what: str, checkpoint: Path, epoch: int) -> TrainingDiverged:
@@ -135,17 +148,24 @@ def _write_logs(out_dir: Path, history: list[dict[str, Any]]) -> None:
     atomic_write(out_dir / "train.log", lambda handle: handle.write(table), "training log")
 
 
-def _train(config: TrainConfig, resume: bool, progress: bool) -> TrainResult:
-    device = resolve_device(config.device)
+def _train(config: TrainConfig, resume: bool, progress: bool, context: distributed.DistributedContext) -> TrainResult:
+    device = context.device
+    if config.bf16 and device.type != "cuda":
+        raise ValueError(f"bf16 autocast is for CUDA training; the run is on {device}")
     generator = seed_everything(config.seed)
     data = load_dataset(config.dataset, config.data_root, **config.dataset_options)
     train_set = data.train
     if config.limit_train is not None:
         train_set = Subset(train_set, range(min(config.limit_train, len(train_set))))
-    loader = DataLoader(
-        train_set, batch_size=config.batch_size, shuffle=True, generator=generator,
-        num_workers=config.num_workers, drop_last=False,
-    )
+    sampler = distributed.training_sampler(train_set, context, config.seed) if context.torchrun else None
+    if sampler is None:
+        loader = DataLoader(
+            train_set, batch_size=config.batch_size, shuffle=True, generator=generator,
+            num_workers=config.num_workers, drop_last=False,
+        )
+    else:  # the order depends on seed and epoch only: the same global batches at any process count
+        loader = DataLoader(train_set, batch_size=distributed.per_process_batch(config.batch_size, context),
+                            sampler=sampler, num_workers=config.num_workers, drop_last=False)
     model = build_model(config.architecture, data.input_shape, data.n_classes).to(device)
     method_class = METHODS.get(config.method)
     guarantee, sets = resolve_training_guarantee(config, data) if method_class.needs_guarantee else (None, None)
@@ -180,7 +200,9 @@ def _train(config: TrainConfig, resume: bool, progress: bool) -> TrainResult:
             generator.set_state(state["loader_rng"])
         history = json.loads(state.get("history", "[]"))
         start_epoch = int(loaded.metadata["epoch"])
-        logger.info("resuming %s at epoch %d", checkpoint_path, start_epoch)
+        if context.is_main:
+            logger.info("resuming %s at epoch %d", checkpoint_path, start_epoch)
+    stepper = DistributedStep(method, context)  # DDP over the method's module under torchrun
 
     warmup = config.optimizer.warmup_epochs
     clip = config.optimizer.clip_grad_norm
@@ -190,6 +212,8 @@ def _train(config: TrainConfig, resume: bool, progress: bool) -> TrainResult:
             group["lr"] = lr
         figures = method.begin_epoch(epoch)
         method.module.train()
+        if sampler is not None:
+            sampler.set_epoch(epoch)
         totals = {"loss": 0.0, "correct": 0, "robust_correct": 0, "count": 0}
         start = time.perf_counter()
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
@@ -199,7 +223,8 @@ def _train(config: TrainConfig, resume: bool, progress: bool) -> TrainResult:
             if warmup:
                 for group in optimizer.param_groups:
                     group["lr"] = lr * warmup_factor(step, len(loader), warmup)
-            out = method.step(x, y, step, len(loader))
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
+                out = stepper(x, y, step, len(loader))
             if not bool(torch.isfinite(out.loss.detach())):
                 raise _diverged(f"at epoch {epoch + 1}, batch {batch_index + 1}", f"the loss is {out.loss.item()}",
                                 checkpoint_path, epoch)
@@ -208,6 +233,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool) -> TrainResult:
             if clip is not None:
                 torch.nn.utils.clip_grad_norm_(method.module.parameters(), clip)
             optimizer.step()
+            stepper.after_update()
             if ema is not None:
                 ema.update(model)
             totals["loss"] += out.loss.item() * len(y)
@@ -216,6 +242,8 @@ def _train(config: TrainConfig, resume: bool, progress: bool) -> TrainResult:
             totals["count"] += len(y)
             figures.update(out.figures)
             bar.set_postfix(loss=f"{out.loss.item():.3f}", refresh=False)
+        totals = distributed.reduce_sums(totals, context)  # sums and counts over the ranks
+        stepper.check_replicas(epoch + 1)
         record = {
             "epoch": epoch + 1,
             "lr": lr,
@@ -229,28 +257,31 @@ def _train(config: TrainConfig, resume: bool, progress: bool) -> TrainResult:
         if broken:
             raise _diverged(f"in epoch {epoch + 1}", f"non-finite weights in {', '.join(broken[:3])}", checkpoint_path, epoch)
         history.append(record)
-        logger.info("epoch %d: %s", epoch + 1, record)
-        state = {
-            "optimizer": optimizer.state_dict(),
-            "method": method.state_dict(),
-            "rng": torch.get_rng_state(),
-            "loader_rng": generator.get_state(),
-            "history": json.dumps(history),
-        }
-        if ema is not None:
-            state["ema"] = ema.state_dict()
-            state["training_model"] = model.state_dict()
-        saved = ema.model if ema is not None else model
-        save_checkpoint(checkpoint_path, saved, _metadata(config, data, guarantee, sets, epoch + 1), state)
-        _write_logs(out_dir, history)
-        if progress:
-            table = format_history([record])  # the epoch's row stays on screen; the bar clears itself
-            bar.write(table if epoch == start_epoch else table.splitlines()[-1])
+        if context.is_main:
+            logger.info("epoch %d: %s", epoch + 1, record)
+            state = {
+                "optimizer": optimizer.state_dict(),
+                "method": method.state_dict(),
+                "rng": torch.get_rng_state(),
+                "loader_rng": generator.get_state(),
+                "history": json.dumps(history),
+            }
+            if ema is not None:
+                state["ema"] = ema.state_dict()
+                state["training_model"] = model.state_dict()
+            saved = ema.model if ema is not None else model
+            save_checkpoint(checkpoint_path, saved, _metadata(config, data, guarantee, sets, epoch + 1), state)
+            _write_logs(out_dir, history)
+            if progress:
+                table = format_history([record])  # the epoch's row stays on screen; the bar clears itself
+                bar.write(table if epoch == start_epoch else table.splitlines()[-1])
+        distributed.barrier(context)  # the others wait for rank 0's checkpoint
 
     model.eval()
     metadata = _metadata(config, data, guarantee, sets, config.epochs)
-    if not checkpoint_path.is_file():
+    if context.is_main and not checkpoint_path.is_file():
         save_checkpoint(checkpoint_path, model, metadata, None)
+    distributed.barrier(context)
     final = ema.model if ema is not None else model
     return TrainResult(model=final, checkpoint=checkpoint_path, history=history, metadata=metadata)
 

@@ -90,7 +90,11 @@ class GloRoNet(nn.Module):
         logits = self.model(x)  # (B, n)
         if not self.training:
             return logits
-        return gloro_instrumented(logits, self.pair_lipschitz(), self.eps, self.guarantee)  # (B, n + 1)
+        # under autocast (bf16 training) only the model's forward is low precision: the Lipschitz
+        # estimate and the margins are computed in (at least) float32 from upcast logits
+        with torch.autocast(logits.device.type, enabled=False):
+            logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+            return gloro_instrumented(logits, self.pair_lipschitz(), self.eps, self.guarantee)  # (B, n + 1)
 
     def criterion(self, output: Tensor, labels: Tensor) -> Tensor:
         """The configured loss of a train-mode ``forward`` output ``g(x)`` (use this under DDP:

@@ -6,6 +6,8 @@ import torch
 from relaxplug.adapters import RTK, Affinity, Standard, rank_order, topk_margins
 from relaxplug.adapters.base import topk_class_mask
 
+from ..brute_force import full_sort_order, topk_margins_by_suffix_scan
+
 
 def test_rank_order_breaks_ties_by_index():
     logits = torch.tensor([[1.0, 3.0, 3.0, 0.0, 3.0]])
@@ -94,3 +96,77 @@ def test_evaluate_exhaustive_small():
             if all(signs[pairs.index((r, s))] > 0 for r in range(k) for s in range(k, n)):
                 want_k = k
         assert got.k.item() == want_k
+
+
+# --- the top-k selection and the single-pass margins equal the full-sort computation bit for bit
+
+
+def _logit_cases():
+    g = torch.Generator().manual_seed(3)
+    yield "random", torch.randn(64, 50, generator=g)
+    yield "integer ties", torch.randint(0, 4, (64, 50), generator=g).float()
+    ties_inside = torch.randn(64, 50, generator=g)
+    ties_inside[:, [3, 7, 11]] = 9.0  # a 3-way tie at the top, none across rank k for k != 1, 2
+    yield "ties inside the top k", ties_inside
+    zeros = torch.randn(64, 50, generator=g)
+    zeros[:, ::2] = 0.0
+    zeros[:, 1::4] = -0.0  # -0.0 == 0.0: tied by index
+    yield "signed zeros", zeros
+    infinite = torch.randn(64, 50, generator=g)
+    infinite[::3, 5] = float("inf")
+    infinite[1::3, 9] = float("-inf")
+    yield "infinities", infinite
+    nan = torch.randn(64, 50, generator=g)
+    nan[5, 17] = float("nan")
+    yield "a NaN", nan
+
+
+@pytest.mark.parametrize("case, logits", list(_logit_cases()), ids=[c for c, _ in _logit_cases()])
+@pytest.mark.parametrize("k", [1, 2, 3, 5, 49, 50])
+def test_partial_rank_order_equals_full_sort_prefix(case, logits, k):
+    full = full_sort_order(logits)
+    part = rank_order(logits, k)
+    assert torch.equal(part[:, :k], full[:, :k])
+    assert torch.equal(part.sort(dim=1).values, torch.arange(50).expand(64, 50))  # a permutation
+    assert torch.equal(rank_order(logits), full)
+
+
+def test_partial_rank_order_fast_path_with_ties_inside():
+    # no tie across rank 3, a tie inside the top 3: the fast path must still order it by index
+    logits = torch.tensor([[0.0, 5.0, 1.0, 5.0, 7.0, 2.0]])
+    assert rank_order(logits, 3)[0, :3].tolist() == [4, 1, 3]
+    assert rank_order(logits, 3)[0].sort().values.tolist() == list(range(6))
+
+
+def test_partial_rank_order_rejects_bad_k():
+    with pytest.raises(ValueError, match="k must be"):
+        rank_order(torch.randn(2, 4), 0)
+
+
+@pytest.mark.parametrize("k_max, n", [(1, 7), (3, 7), (5, 40), (7, 7)])
+def test_topk_margins_equals_suffix_scan(k_max, n):
+    g = torch.Generator().manual_seed(k_max * n)
+    for lower in (torch.randn(16, k_max, n, generator=g), torch.randint(-2, 3, (16, k_max, n), generator=g).float()):
+        special = lower.clone()
+        special[0, 0, -1] = float("nan")
+        special[1, :, 2] = float("-inf")
+        special[2, 0, :] = float("inf")
+        for case in (lower, special):
+            torch.testing.assert_close(topk_margins(case), topk_margins_by_suffix_scan(case), rtol=0, atol=0, equal_nan=True)
+
+
+def test_topk_margins_gradient_equals_suffix_scan():
+    lower = torch.randn(8, 4, 30, dtype=torch.float64)
+    a, b = lower.clone().requires_grad_(), lower.clone().requires_grad_()
+    weights = torch.randn(8, 4, dtype=torch.float64)
+    (topk_margins(a) * weights).sum().backward()
+    (topk_margins_by_suffix_scan(b) * weights).sum().backward()
+    assert torch.equal(a.grad, b.grad)
+
+
+@pytest.mark.parametrize("max_k", [None, 3, 9])
+def test_topk_class_mask_reads_only_max_k_ranks(max_k):
+    order = torch.stack([torch.randperm(9) for _ in range(20)])
+    k = torch.randint(0, 4, (20,))
+    ranks = torch.empty_like(order).scatter_(1, order, torch.arange(9).expand(20, 9))
+    assert torch.equal(topk_class_mask(order, k, max_k), ranks < k[:, None])

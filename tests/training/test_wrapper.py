@@ -161,3 +161,22 @@ def test_wrapper_trained_models_survive_the_attack_on_their_certificates():
         assert cert.certified.float().mean() > 0.5, guarantee
         assert check_certificates(model, x, cert).points == [], guarantee
         assert check_certificates(model, x, dataclasses.replace(cert, eps=10.0)).points != [], guarantee
+
+
+def test_under_bf16_autocast_only_the_model_forward_is_low_precision():
+    """Autocast (what ``bf16: true`` turns on for CUDA training; CPU autocast runs the same code):
+    the logits come from the bf16 forward, but the Lipschitz estimate, the margins and the
+    instrumented output are float32, equal to the float32 computation on the upcast logits."""
+    net = _net().train()
+    x = torch.rand(6, 1, 8, 8)
+    before = _vectors(net)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        g = net(x)
+        low = net.model(x)
+    assert low.dtype == torch.bfloat16 and g.dtype == torch.float32
+    assert torch.equal(g[:, :-1], low.float())
+    net.model.load_state_dict(before, strict=False)
+    est = estimator_for(net.model, (1, 8, 8))
+    pair = est.power(2) * head_distances(est.head.weight)  # float32, outside autocast
+    assert pair.dtype == torch.float32
+    assert torch.equal(g, gloro_instrumented(low.float(), pair, 0.3, RTK(2)))
