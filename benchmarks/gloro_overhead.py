@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 import relaxplug as rp
 from relaxplug.adapters import RTK
-from relaxplug.lipschitz.stack import LipschitzEstimator, estimator_for
+from relaxplug.lipschitz import LipschitzEstimator, estimator_for
 from relaxplug.models.architectures import build_model
 from relaxplug.training.trainer import gloro_step_loss
 

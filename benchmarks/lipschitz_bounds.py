@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from relaxplug.lipschitz import spectral
-from relaxplug.lipschitz.stack import LipschitzEstimator, _conv_args, _sound_layer_bound
+from relaxplug.lipschitz import LipschitzEstimator, _conv_args, _sound_layer_bound
 from relaxplug.models.architectures import build_model
 from relaxplug.evaluation.report import format_table, write_json
 

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from relaxplug.adapters import Guarantee, MarginRequest
-from relaxplug.lipschitz.stack import LIPSCHITZ_MODES, estimator_for
+from relaxplug.lipschitz import LIPSCHITZ_MODES, estimator_for
 
 from relaxplug.certifiers.base import Certifier, register_certifier, rounding_allowance
 
@@ -37,11 +37,11 @@ def gloro_lower_bounds(logits: Tensor, order: Tensor, pair_lipschitz: Tensor, ep
 class GloRoCertifier(Certifier):
     """Lipschitz-margin certifier, L2 only.
 
-    Layer stacks (``nn.Sequential`` of Linear, Conv2d, MinMax, ReLU, InvertibleDownsample,
-    Residual, Normalize, ...) use the layer-wise bounds of :mod:`relaxplug.lipschitz.stack`; any other
-    model (BatchNorm in eval mode, residual blocks written in ``forward``, pooling, other
-    activations) is traced with torch.fx and bounded by :mod:`relaxplug.lipschitz.graph`: sound,
-    but looser (a product of per-layer norms along every path).
+    The model is traced with torch.fx and bounded by :mod:`relaxplug.lipschitz.graph` (layers
+    with the Lipschitz protocol are leaves; other ops by an allow-list of proven constants).
+    Every margin bound subtracts the forward pass's rounding error (``2 E(||x||)``, the model of
+    :mod:`relaxplug.lipschitz.rounding`, which follows intermediate magnitudes) and the rounding
+    of the bound's own arithmetic (``rounding_allowance``).
 
     Args:
         lipschitz: ``"sound"`` (provable bounds, default) or ``"power"`` (converged power
@@ -62,14 +62,20 @@ class GloRoCertifier(Certifier):
         estimator = estimator_for(model, input_shape)
         return estimator.pair_lipschitz(self.lipschitz).to(estimator.dtype)
 
+    def forward_error(self, model: nn.Module, x: Tensor) -> Tensor:
+        """``(B, 1, 1)`` allowance for the computed logits' rounding: ``2 (e0 + e1 ||x||)`` per point."""
+        error = estimator_for(model, x.shape[1:]).forward_error()
+        return (2.0 * error(x))[:, None, None]
+
     def bounds(self, model: nn.Module, x: Tensor, logits: Tensor, requests: Sequence[MarginRequest], norm: float) -> list[Tensor]:
         self.check_norm(norm)
         pair_k = self.pair_lipschitz(model, x.shape[1:]).to(logits.device)
+        forward = self.forward_error(model, x).to(logits)
         out = []
         for request in requests:
             k = request.n_candidates
             lower = gloro_lower_bounds(logits, request.order, pair_k, request.eps, k)
-            slack = rounding_allowance(logits, request.eps * rank_pairs(pair_k, request.order, k))
+            slack = rounding_allowance(logits, request.eps * rank_pairs(pair_k, request.order, k)) + forward
             out.append(lower - slack)
         return out
 
@@ -89,8 +95,8 @@ class GloRoCertifier(Certifier):
         gaps = ranked[:, :k, None] - ranked[:, None, :]
         lipschitz = rank_pairs(pair_k, request.order, k)
         # rounding allowance at radius r is rtol*(2max|f| + r K); solve gap - a - rtol r K - r K > 0
-        rtol_scale = rounding_allowance(logits, 0.0)
-        rtol = rounding_allowance(logits, 1.0) - rtol_scale
+        rtol_scale = rounding_allowance(logits, 0.0) + self.forward_error(model, x).to(logits)
+        rtol = rounding_allowance(logits, 1.0) - rounding_allowance(logits, 0.0)
         ratio = (gaps - rtol_scale) / (lipschitz * (1 + rtol)).clamp_min(torch.finfo(logits.dtype).tiny)
         result = guarantee.evaluate(request.order, [ratio])
         return result.margin.clamp_min(0.0)

@@ -80,11 +80,17 @@ from torch import Tensor, nn
 from torch.fx.node import map_arg
 
 from relaxplug.lipschitz import spectral
-from relaxplug.models.layers import InvertibleDownsample, MinMax, Normalize
-from relaxplug.lipschitz.stack import LIPSCHITZ_MODES, UnsupportedLayerError, _alive, _fingerprint, head_distances
+from relaxplug.lipschitz.cache import POWER_VECTOR_PREFIX, ComputationSnapshot
+from relaxplug.lipschitz.head import head_distances
+from relaxplug.lipschitz.protocol import LipschitzRule, UnsupportedLayerError, check_no_hooks, lipschitz_rule
+from relaxplug.lipschitz.rounding import DEFAULT_LAYER_ULPS, LIBRARY_ULPS, ForwardError, dot_gamma, unit_roundoff
 from relaxplug.lipschitz.spectral import FLOAT_ALLOWANCE
 
-__all__ = ["GraphLipschitzEstimator", "ACTIVATION_LIPSCHITZ", "trace_model"]
+__all__ = ["LipschitzEstimator", "GraphLipschitzEstimator", "ACTIVATION_LIPSCHITZ", "LIPSCHITZ_MODES", "trace_model",
+           "estimator_for", "init_lipschitz_state", "load_lipschitz_state"]
+
+#: ``sound``: provable bounds (certification); ``power``: converged power iteration (an estimate, for comparison)
+LIPSCHITZ_MODES = ("sound", "power")
 
 _UP = 1.0 + FLOAT_ALLOWANCE
 
@@ -122,7 +128,7 @@ ACTIVATION_LIPSCHITZ: dict[str, float] = {
 
 _ACTIVATION_MODULES: dict[type, str] = {
     nn.ReLU: "relu", nn.ReLU6: "relu6", nn.Hardtanh: "hardtanh", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid",
-    nn.Softplus: "softplus", nn.Softsign: "softsign", nn.CELU: "celu", nn.Tanhshrink: "tanhshrink",
+    nn.Softsign: "softsign", nn.CELU: "celu", nn.Tanhshrink: "tanhshrink",
     nn.Softshrink: "softshrink", nn.LogSigmoid: "logsigmoid", nn.SiLU: "silu", nn.Mish: "mish",
     nn.SELU: "selu", nn.Hardswish: "hardswish", nn.Hardsigmoid: "hardsigmoid",
 }
@@ -130,7 +136,7 @@ _ACTIVATION_MODULES: dict[type, str] = {
 _ACTIVATION_FUNCTIONS: dict[Any, str] = {
     F.relu: "relu", torch.relu: "relu", torch.relu_: "relu", F.relu_: "relu", F.relu6: "relu6",
     F.hardtanh: "hardtanh", torch.tanh: "tanh", F.tanh: "tanh", torch.sigmoid: "sigmoid",
-    F.sigmoid: "sigmoid", F.softplus: "softplus", F.softsign: "softsign", F.celu: "celu",
+    F.sigmoid: "sigmoid", F.softsign: "softsign", F.celu: "celu",
     F.tanhshrink: "tanhshrink", F.softshrink: "softshrink", F.logsigmoid: "logsigmoid",
     F.silu: "silu", F.mish: "mish", F.selu: "selu", F.hardswish: "hardswish",
     F.hardsigmoid: "hardsigmoid", torch.abs: "abs", torch.clamp: "clamp", torch.clip: "clamp",
@@ -152,7 +158,13 @@ _PERMUTE_METHODS = {
     "view_as", "reshape_as", "t", "unflatten", "movedim",
 }
 #: the identity on values (dtype changes to float32/64 are not modelled, like all float rounding)
-_IDENTITY_METHODS = {"contiguous", "clone", "detach", "float", "double", "to", "type_as"}
+_IDENTITY_METHODS = {"contiguous", "clone", "detach"}
+#: value-preserving only when the dtype does not change or widens exactly (checked on the recorded dtypes)
+_CAST_METHODS = {"float", "double", "to", "type_as", "type"}
+_EXACT_WIDENING = {
+    (torch.float16, torch.float32), (torch.bfloat16, torch.float32), (torch.float16, torch.float64),
+    (torch.bfloat16, torch.float64), (torch.float32, torch.float64),
+}
 _DROPOUT_FUNCTIONS = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout}
 #: copies of coordinates: bounded by counting copies on an index tensor
 _COPY_FUNCTIONS = {operator.getitem, torch.flip, torch.roll, torch.narrow, torch.select, torch.index_select}
@@ -186,14 +198,12 @@ SUPPORTED = (
 
 
 class _Tracer(fx.Tracer):
-    """``torch.fx`` tracer that keeps relaxplug's bounded layers as leaves."""
-
-    _LEAVES = (MinMax, InvertibleDownsample, Normalize)
+    """``torch.fx`` tracer: a module with a Lipschitz rule (the protocol) is a leaf; torch.nn
+    modules are leaves (bounded by exact class below, or refused); anything else is traced into."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        for cls in self._LEAVES:
-            if isinstance(m, cls) and type(m).forward is cls.forward:
-                return True
+        if lipschitz_rule(m) is not None:
+            return True
         return super().is_leaf_module(m, module_qualified_name)
 
 
@@ -233,6 +243,9 @@ class _Recorder(fx.Interpreter):
         self.dep: dict[fx.Node, bool] = {}
         self.const: dict[fx.Node, Any] = {}
         self.shape: dict[fx.Node, Any] = {}
+        self.dtype: dict[fx.Node, torch.dtype] = {}
+        self.values: dict[fx.Node, Any] = {}  # input-dependent values, kept only when ``keep_values``
+        self.keep_values = False
         self.calls: dict[fx.Node, tuple[tuple, dict]] = {}
         self._placeholders = 0
 
@@ -255,6 +268,10 @@ class _Recorder(fx.Interpreter):
         self.dep[n] = dep
         if dep:
             self.shape[n] = _shapes(result)
+            if isinstance(result, Tensor):
+                self.dtype[n] = result.dtype
+            if self.keep_values:
+                self.values[n] = result
             mark = lambda a: _Dep(a) if self.dep[a] else self.const[a]  # noqa: E731
             self.calls[n] = (map_arg(n.args, mark), map_arg(n.kwargs, mark))
         else:
@@ -319,6 +336,38 @@ class _Linear:
     in_hw: tuple[int, int] = (1, 1)
     pre_gain: float = 1.0  # Lipschitz constant of a copy-padding applied before the conv
     conv1d: bool = False
+    module: nn.Module | None = None  # the nn.Linear / nn.Conv2d module (training estimates), None if functional
+
+    @property
+    def fan_in(self) -> int:
+        """Terms per output in the dot product (rounding model)."""
+        return int(self.weight[0].numel())
+
+    def abs_norm(self) -> float:
+        """Upper bound on ``|| |W| ||_2``, the operator with entrywise absolute weights (rounding model):
+        Schur's test ``sqrt(max row sum * max column sum)`` of the nonnegative operator. For a
+        convolution a row sums ``|W[o]|`` over its taps and a column at most ``|W[:, c]|`` over all
+        taps (each tap reads an input position at most once per output channel, at any stride)."""
+        w = self.weight.detach().to(torch.float64).abs()
+        if self.kind == "linear":
+            rows, cols = w.sum(1).max(), w.sum(0).max()
+        else:
+            groups = self.conv["groups"]
+            o, cg = w.shape[:2]
+            rows = w.flatten(1).sum(1).max()
+            cols = w.reshape(groups, o // groups, cg, -1).sum((1, 3)).max()
+        return self.pre_gain * math.sqrt(float(rows) * float(cols)) * _UP
+
+    def estimate(self) -> Tensor:
+        """Differentiable training estimate, by the module's registered rule."""
+        rule = lipschitz_rule(self.module) if self.module is not None else None
+        if rule is None:
+            raise UnsupportedLayerError(
+                "a functional F.linear/F.conv call has no persistent power-iteration state for training; write it "
+                "as an nn.Linear/nn.Conv2d module or a layer implementing the Lipschitz protocol"
+            )
+        shape = self.in_shape if self.kind == "linear" else self.in_shape
+        return rule.estimate(self.module, tuple(shape))
 
     def in_scale(self, s: Tensor) -> Tensor | None:
         """The per-input-feature/channel vector of a scaling ``s`` of the input, or ``None``."""
@@ -351,6 +400,32 @@ class _Linear:
 
 
 @dataclass
+class _Leaf:
+    """A module bounded by its Lipschitz rule (the protocol or :func:`register_lipschitz`)."""
+
+    input: fx.Node
+    module: nn.Module
+    rule: LipschitzRule
+    in_shape: tuple[int, ...]
+
+    def bound(self) -> float:
+        value = self.rule.bound(self.module, tuple(self.in_shape))
+        value = float(value)
+        if not (math.isfinite(value) and value >= 0):
+            raise UnsupportedLayerError(f"{self.rule.source} returned {value}, not a finite nonnegative bound")
+        return value
+
+    def rounding(self, u: float, a_in: tuple[float, float], a_out: tuple[float, float], gain: float) -> tuple[float, float]:
+        """Local forward error, affine in ``r``: the layer's ``lipschitz_rounding`` or the default model."""
+        declared = getattr(self.module, "lipschitz_rounding", None)
+        if callable(declared):
+            c0, c1 = (float(v) for v in declared(tuple(self.in_shape)))
+            return c0 + c1 * a_in[0], c1 * a_in[1]
+        c = DEFAULT_LAYER_ULPS * u
+        return c * (gain * a_in[0] + a_out[0]), c * (gain * a_in[1] + a_out[1])
+
+
+@dataclass
 class _Scale:
     """``x -> s * x + t`` with constant ``s`` (broadcastable to the per-sample shape), ``|s|`` stored."""
 
@@ -368,6 +443,8 @@ class _Gain:
     gain: float
     chain: str | None = None
     replay: Callable[[Tensor], Tensor] | None = None
+    ulps: float = LIBRARY_ULPS  # rounding: local error <= ulps * u * (gain * A_in + A_out)
+    jump: float = 0.0  # a discontinuity of at most ``jump`` per coordinate (softplus threshold)
 
 
 @dataclass
@@ -516,61 +593,63 @@ class _Analysis:
     total: float  # L of the output
     pair: Tensor | None  # (n, n) float64 K_ji (None: the output is not (B, n) logits)
     node_bounds: dict[str, float]
+    error: ForwardError  # rounding error of the computed logits (docs: relaxplug.lipschitz.rounding)
+    output_norm_at_zero: float  # ||f(0)||, with ``total``: ||f(x)|| <= ||f(0)|| + total ||x||
 
 
-class GraphLipschitzEstimator:
-    """Lipschitz constants of an arbitrary (fx-traceable) model for inputs of one shape.
+class LipschitzEstimator:
+    """Lipschitz constants of a model for inputs of one shape: the one engine for certification
+    (:meth:`sound`, :meth:`pair_lipschitz`, :meth:`forward_error`) and training (:meth:`estimate`).
 
-    Same interface as :class:`relaxplug.lipschitz.stack.LipschitzEstimator` where it makes sense:
-    ``sound()`` returns the cached provable bound of the body (the input of the final linear
-    head; the whole network when there is none), recomputed when any parameter or buffer
-    changes; :meth:`pair_lipschitz` returns the GloRo matrix ``K_ji``. ``converged()`` replaces
-    every linear layer's sound bound by converged power iteration (an estimate from below of
-    each layer's norm: not a proof). ``power()`` (GloRo training) is not available: graph models
-    can be certified, not trained, by relaxplug.
+    The model is traced with torch.fx; modules with a Lipschitz rule (the protocol,
+    :mod:`relaxplug.lipschitz.protocol`) are leaves. Certification composes the leaves' sound
+    bounds and the per-op constants of the module docstring along the graph; training composes
+    the leaves' differentiable estimates along the same graph (weight-free ops keep their
+    constants). Caches: the trace and its rules are valid for one *structure* (module tree,
+    classes, Python attributes, tensor objects), the sound analysis for one structure *and* the
+    values of every tensor (:class:`~relaxplug.lipschitz.cache.ComputationSnapshot`); anything
+    else is recomputed.
 
-    The model must be in eval mode when bounds are computed (BatchNorm in training mode uses
-    batch statistics and is not a fixed function); :func:`relaxplug.certifiers.certify` does that.
+    Sound bounds are for the eval-mode function (BatchNorm with running statistics, dropout off),
+    whatever mode the model is in; the analysis runs in eval mode and restores every flag.
 
     Args:
         model: the network (logits ``(B, n)``), fx-traceable.
         input_shape: per-sample input shape, e.g. ``(3, 32, 32)``.
         fold: fold BatchNorm and other per-coordinate scalings into neighbouring linear layers
-            where that is tighter (default); ``False`` bounds every layer on its own (for
-            comparison).
+            where that is tighter (default); ``False`` bounds every layer on its own.
     """
 
     def __init__(self, model: nn.Module, input_shape: Sequence[int], *, fold: bool = True):
         self._model = weakref.ref(model)  # weak: the estimator cache must not keep models alive
         self.fold = bool(fold)
         self.input_shape = tuple(int(s) for s in input_shape)
-        self.graph_module = trace_model(model)
-        self._nodes = list(self.graph_module.graph.nodes)
-        self._cache: dict[str, tuple[tuple, _Analysis]] = {}
-        with _eval_mode(model):
-            record = self._record()
-            rules = self._rules(record)
-        self.head_found = self._head(record, rules)[0] is not None
-        self.dtype = record.const_dtype
+        self._cache: dict[str, tuple[ComputationSnapshot, _Analysis]] = {}
+        self._trace(model)
 
     # -- public interface
 
     @property
     def model(self) -> nn.Module:
-        return _alive(self._model)
+        model = self._model()
+        if model is None:
+            raise ReferenceError("the model of this Lipschitz estimator no longer exists")
+        return model
 
     @property
-    def head(self) -> nn.Linear | None:
-        """The head module when the output is an ``nn.Linear`` call (``None`` otherwise)."""
-        node = self._output_node()
-        if node.op == "call_module":
-            module = self.graph_module.get_submodule(node.target)
-            if isinstance(module, nn.Linear):
-                return module
-        return None
+    def head(self) -> nn.Linear:
+        """The final ``nn.Linear`` module (the logit layer) of the GloRo head split."""
+        self._current()
+        rule = self._head_rule
+        if rule is None or not isinstance(rule.module, nn.Linear):
+            raise UnsupportedLayerError(
+                f"{type(self.model).__name__} does not end in an nn.Linear module (the logit layer); GloRo training "
+                "splits the head off the body: build the model as ..., nn.Linear(features, n_classes)"
+            )
+        return rule.module
 
     def sound(self) -> float:
-        """Provable upper bound on the body's L2 Lipschitz constant (cached by weights)."""
+        """Provable upper bound on the body's L2 Lipschitz constant (cached for this exact computation)."""
         return self._analysis("sound").body
 
     def converged(self) -> float:
@@ -590,32 +669,92 @@ class GraphLipschitzEstimator:
             )
         return pair.clone()
 
+    def forward_error(self) -> ForwardError:
+        """Bound ``e0 + e1 ||x||`` on the L2 rounding error of the computed logits (sound analysis)."""
+        return self._analysis("sound").error
+
+    def output_norm_at_zero(self) -> float:
+        """``||f(0)||_2`` of the model's output (rounding model of an enclosing layer)."""
+        return self._analysis("sound").output_norm_at_zero
+
     def node_bounds(self, mode: str = "sound") -> dict[str, float]:
         """``{graph node name: bound}`` for every node the analysis bounded (for reports)."""
         return dict(self._analysis(mode).node_bounds)
 
-    def power(self, n_iter: int = 2) -> Tensor:
-        raise UnsupportedLayerError(
-            f"GloRo training (power iteration) supports the layer stacks of relaxplug.lipschitz.stack only; "
-            f"{type(self.model).__name__} can be certified (certifier='gloro') but not trained by relaxplug"
-        )
+    def estimate(self, whole: bool = False) -> Tensor:
+        """Differentiable estimate of the body's Lipschitz constant (training); of the whole
+        network with ``whole=True``.
 
-    # -- analysis
+        Each protocol leaf contributes its ``lipschitz_estimate`` (one power-iteration step per
+        call for ``nn.Linear``/``nn.Conv2d`` in training mode); the other ops their constants. An
+        estimate from below per layer: not a proof.
+        """
+        self._current()
+        return self._compose_estimate(whole)
+
+    def power(self, n_iter: int = 1) -> Tensor:
+        """:meth:`estimate` after ``n_iter - 1`` extra updates; ``n_iter = 0`` reads without updating."""
+        if n_iter < 0:
+            raise ValueError(f"n_iter must be >= 0, got {n_iter}")
+        self._current()
+        if n_iter == 0:
+            leaves = [r.module for r in self._est_rules.values() if isinstance(r, (_Leaf, _Linear)) and r.module is not None]
+            flags = [m.training for m in leaves]
+            try:
+                for m in leaves:
+                    m.training = False
+                return self._compose_estimate()
+            finally:
+                for m, flag in zip(leaves, flags):
+                    m.training = flag
+        with torch.no_grad():
+            for _ in range(n_iter - 1):
+                self._compose_estimate()
+        return self._compose_estimate()
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The model's power-iteration buffers (also in ``model.state_dict()``)."""
+        return {k: v.detach().cpu() for k, v in self.model.state_dict().items() if POWER_VECTOR_PREFIX in k}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Load power-iteration buffers, creating them where the model has none yet."""
+        load_lipschitz_state(self.model, state)
+
+    # -- tracing and caches
+
+    def _trace(self, model: nn.Module) -> None:
+        check_no_hooks(model)
+        self._structure = ComputationSnapshot(model, contents=False)
+        self.graph_module = trace_model(model)
+        self._nodes = list(self.graph_module.graph.nodes)
+        with _eval_mode(model):
+            record = self._record()
+            rules = self._rules(record)
+        head, out = self._head(record, rules)
+        self._head_rule, self._out_node = head, out
+        self._est_rules = rules
+        self.head_found = head is not None
+        self.dtype = record.const_dtype
+
+    def _current(self) -> nn.Module:
+        """The model, retraced when its structure changed since the last trace."""
+        model = self.model
+        check_no_hooks(model)
+        if not self._structure.same_structure(model):
+            self._trace(model)
+        return model
 
     def _analysis(self, mode: str) -> _Analysis:
         if mode not in LIPSCHITZ_MODES:
             raise ValueError(f"mode must be one of {LIPSCHITZ_MODES}, got {mode!r}")
-        training = [name or type(self.model).__name__ for name, m in self.model.named_modules() if m.training]
-        if training:
-            raise ValueError(
-                f"the model is in training mode (e.g. {training[0]!r}): Lipschitz bounds are for the eval-mode "
-                "function (BatchNorm with running statistics, no dropout); call model.eval() first "
-                "(relaxplug.certifiers.certify does)"
-            )
-        key = _fingerprint(self.model)
+        model = self.model
+        check_no_hooks(model)
         cached = self._cache.get(mode)
-        if cached is None or cached[0] != key:
-            self._cache[mode] = (key, self._compute(mode))
+        if cached is not None and cached[0].matches(model):
+            return cached[1]
+        self._current()
+        snapshot = ComputationSnapshot(model)
+        self._cache[mode] = (snapshot, self._compute(mode))
         return self._cache[mode][1]
 
     def _output_node(self) -> fx.Node:
@@ -628,6 +767,9 @@ class GraphLipschitzEstimator:
         return value
 
     def _record(self) -> "_Record":
+        """Run the trace on a batch whose first example is 0 and check it against the model: same
+        output, the batch kept as the first dimension at any batch size, and example 0 unchanged
+        when the other examples change (no op mixes examples of the batch)."""
         model = self.model
         param = next(model.parameters(), None)
         if param is None:
@@ -635,12 +777,24 @@ class GraphLipschitzEstimator:
         device = param.device if param is not None else torch.device("cpu")
         dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
         gen = torch.Generator().manual_seed(0)
-        batch = 2
-        x = torch.randn((batch, *self.input_shape), generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
+        batch = 3
+
+        def inputs(n: int, scale: float) -> Tensor:
+            x = scale * torch.randn((n, *self.input_shape), generator=gen, dtype=torch.float64)
+            x[0] = 0.0
+            return x.to(device=device, dtype=dtype)
+
         recorder = _Recorder(self.graph_module)
+        recorder.keep_values = True
+        x = inputs(batch, 1.0)
         with torch.no_grad():
             try:
                 traced = recorder.run(x)
+                other = _Recorder(self.graph_module)
+                other.keep_values = True
+                other.run(inputs(batch, 10.0))
+                bigger = _Recorder(self.graph_module)
+                bigger.run(inputs(batch + 1, 1.0))
             except UnsupportedLayerError:
                 raise
             except Exception as exc:
@@ -657,15 +811,9 @@ class GraphLipschitzEstimator:
                 f"the torch.fx trace of {type(model).__name__} does not reproduce its output (Python control "
                 "flow or randomness in forward?); cannot bound it"
             )
-        # every input-dependent tensor must keep the batch as its first dimension, at any batch size
-        # (so that per-example shapes, and the constants computed from them, do not depend on it)
-        other = _Recorder(self.graph_module)
-        with torch.no_grad():
-            bigger = torch.randn((batch + 1, *self.input_shape), generator=gen, dtype=torch.float64)
-            other.run(bigger.to(device=device, dtype=dtype))
         for n, shape in recorder.shape.items():
             flat = [shape] if isinstance(shape, tuple) else (shape or [])
-            flat_other = [other.shape.get(n)] if isinstance(shape, tuple) else (other.shape.get(n) or [])
+            flat_other = [bigger.shape.get(n)] if isinstance(shape, tuple) else (bigger.shape.get(n) or [])
             for s, t in zip(flat, flat_other) if len(flat) == len(flat_other) else [(flat, None)]:
                 if isinstance(s, tuple) and (len(s) == 0 or s[0] != batch or t != (batch + 1, *s[1:])):
                     raise UnsupportedLayerError(
@@ -673,7 +821,14 @@ class GraphLipschitzEstimator:
                         f"{batch} (and {t} from {batch + 1}): it mixes or drops the batch dimension, but the analysis "
                         "bounds each example separately"
                     )
-        return _Record(recorder, device, batch, reference.dtype)
+            if not _same_first_example(recorder.values.get(n), other.values.get(n)):
+                raise UnsupportedLayerError(
+                    f"{_describe_node(self.graph_module, n)} at node {n.name!r} mixes examples of the batch (its value "
+                    "for one example changes when other examples change); a certificate must not depend on the batch"
+                )
+        norms = {n: _first_norm(v) for n, v in recorder.values.items()}
+        recorder.values.clear()
+        return _Record(recorder, device, batch, reference.dtype, norms)
 
     def _rules(self, rec: "_Record") -> dict[fx.Node, _Rule]:
         rules: dict[fx.Node, _Rule] = {}
@@ -693,23 +848,30 @@ class GraphLipschitzEstimator:
             return rule, node
         return None, node
 
+    # -- composition
+
+    def _compose_estimate(self, whole: bool = False) -> Tensor:
+        values: dict[fx.Node, Any] = {}
+        for n in self._nodes:
+            if n.op == "placeholder":
+                values[n] = 1.0
+            elif n in self._est_rules:
+                values[n] = _estimate(self._est_rules[n], values)
+        source = self._head_rule.input if self._head_rule is not None and not whole else self._out_node
+        value = values[source]
+        if not isinstance(value, Tensor):
+            value = torch.tensor(float(value))
+        return value
+
     def _compute(self, mode: str) -> _Analysis:
         with _eval_mode(self.model):
             rec = self._record()
             rules = self._rules(rec)
         head, out = self._head(rec, rules)
         chains = _chains(self._nodes, rec, rules) if self.fold else {}
-        # which nodes' bounds are needed (the DP skips e.g. a conv's own bound when only its folded
-        # form with the following BatchNorm is used)
-        needed = {out}
-        for n in reversed(self._nodes):
-            if n in needed and n in rules:
-                needed.update(_requires(rules[n], rules, chains, self.fold))
         bounds: dict[fx.Node, float] = {}
         memo: dict[tuple, float] = {}
         for n in self._nodes:
-            if n not in needed:
-                continue
             if n.op == "placeholder" and rec.dep[n]:
                 bounds[n] = 1.0
             elif n in rules:
@@ -730,8 +892,136 @@ class GraphLipschitzEstimator:
             pair.fill_diagonal_(0.0)
         else:
             body, pair = total, None
+        error = _forward_error(self._nodes, rec, rules, bounds, memo, out) if mode == "sound" else ForwardError(math.inf, math.inf)
         names = {n.name: v for n, v in bounds.items()}
-        return _Analysis(body=float(body), total=float(total), pair=None if pair is None else pair.cpu(), node_bounds=names)
+        return _Analysis(float(body), float(total), None if pair is None else pair.cpu(), names, error, rec.norms.get(out, 0.0))
+
+
+#: the name used before the layer-stack path was merged into this engine
+GraphLipschitzEstimator = LipschitzEstimator
+
+
+def _same_first_example(a: Any, b: Any) -> bool:
+    if isinstance(a, Tensor) and isinstance(b, Tensor):
+        return a.shape[1:] == b.shape[1:] and torch.equal(a[0], b[0])
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_same_first_example(x, y) for x, y in zip(a, b))
+    return True
+
+
+def _first_norm(value: Any) -> float:
+    """L2 norm of example 0 (the reference point 0 of the rounding model)."""
+    if isinstance(value, Tensor):
+        return float(value[0].detach().to(torch.float64).norm()) if value.dim() else 0.0
+    if isinstance(value, (tuple, list)):
+        return math.sqrt(sum(_first_norm(v) ** 2 for v in value))
+    return 0.0
+
+
+def _estimate(rule: _Rule, values: dict[fx.Node, Any]) -> Any:
+    """One node of the training estimate: leaves' estimates, the ops' constants."""
+    if isinstance(rule, _Linear):
+        return rule.estimate() * values[rule.input]
+    if isinstance(rule, _Leaf):
+        return rule.rule.estimate(rule.module, tuple(rule.in_shape)) * values[rule.input]
+    if isinstance(rule, _Scale):
+        peak = float(rule.scale.max()) if rule.scale.numel() else 0.0
+        return values[rule.input] * peak
+    if isinstance(rule, _Gain):
+        return values[rule.input] * rule.gain
+    if isinstance(rule, _Sum):
+        return sum(values[node] * c for node, c in rule.terms)
+    if isinstance(rule, _Cat):
+        return sum(values[node] ** 2 for node in rule.inputs) ** 0.5
+    raise AssertionError(rule)
+
+
+def _forward_error(nodes: list[fx.Node], rec: "_Record", rules: dict, bounds: dict, memo: dict, out: fx.Node) -> ForwardError:
+    """The recurrence of :mod:`relaxplug.lipschitz.rounding`: ``E_v = G_v E_in + local_v``, affine in ``||x||``."""
+    u, u_in = unit_roundoff(rec.const_dtype, rec.device)
+    err: dict[fx.Node, tuple[float, float]] = {}
+
+    def mag(n: fx.Node) -> tuple[float, float]:
+        return rec.norms.get(n, 0.0), bounds[n]
+
+    for n in nodes:
+        if n.op == "placeholder" and rec.dep.get(n, False):
+            err[n] = (0.0, 0.0)
+            continue
+        rule = rules.get(n)
+        if rule is None:
+            continue
+        a_out = mag(n)
+        if isinstance(rule, (_Linear, _Leaf, _Scale, _Gain)):
+            e_in, a_in = err[rule.input], mag(rule.input)
+            if isinstance(rule, _Linear):
+                gain = _linear_norm(rule, memo)
+                gamma = dot_gamma(rule.fan_in, u, u_in)
+                k_abs = _linear_abs_norm(rule, memo)
+                local = (gamma * ((k_abs + gain) * a_in[0] + a_out[0]), gamma * ((k_abs + gain) * a_in[1] + a_out[1]))
+            elif isinstance(rule, _Leaf):
+                gain = rule.bound()
+                local = rule.rounding(u, a_in, a_out, gain)
+            else:
+                if isinstance(rule, _Scale):
+                    gain, ulps, jump = (float(rule.scale.max()) if rule.scale.numel() else 0.0) * _UP, 3.0, 0.0
+                else:
+                    gain, ulps, jump = rule.gain, rule.ulps, rule.jump
+                per = ulps * u
+                numel = math.prod(rec.shape[n][1:]) if isinstance(rec.shape.get(n), tuple) else 0
+                local = (per * (gain * a_in[0] + a_out[0]) + jump * math.sqrt(numel), per * (gain * a_in[1] + a_out[1]))
+            err[n] = (gain * e_in[0] + local[0], gain * e_in[1] + local[1])
+        elif isinstance(rule, _Sum):
+            e0 = sum(c * err[t][0] for t, c in rule.terms) + 2 * u * (sum(c * mag(t)[0] for t, c in rule.terms) + a_out[0])
+            e1 = sum(c * err[t][1] for t, c in rule.terms) + 2 * u * (sum(c * mag(t)[1] for t, c in rule.terms) + a_out[1])
+            err[n] = (e0, e1)
+        elif isinstance(rule, _Cat):
+            err[n] = (math.sqrt(sum(err[t][0] ** 2 for t in rule.inputs)), math.sqrt(sum(err[t][1] ** 2 for t in rule.inputs)))
+    e0, e1 = err[out]
+    return ForwardError(e0 * _UP, e1 * _UP)
+
+
+def _linear_norm(rule: _Linear, memo: dict) -> float:
+    key = (id(rule), None, None)  # the key ``_bound`` uses for the unfolded sound norm
+    if key not in memo:
+        memo[key] = (rule.norm(None, None, "sound"), None, None)
+    return memo[key][0]
+
+
+def _linear_abs_norm(rule: _Linear, memo: dict) -> float:
+    key = ("abs", id(rule))
+    if key not in memo:
+        memo[key] = (rule.abs_norm(), rule)
+    return memo[key][0]
+
+
+def estimator_for(model: nn.Module, input_shape: Sequence[int]) -> LipschitzEstimator:
+    """The cached :class:`LipschitzEstimator` of ``model`` for inputs of ``input_shape``."""
+    per_shape = _ESTIMATORS.setdefault(model, {})
+    key = tuple(int(s) for s in input_shape)
+    if key not in per_shape:
+        per_shape[key] = LipschitzEstimator(model, key)
+    return per_shape[key]
+
+
+_ESTIMATORS: "weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, ...], LipschitzEstimator]]" = weakref.WeakKeyDictionary()
+
+
+def load_lipschitz_state(model: nn.Module, state: dict[str, Tensor]) -> None:
+    """Put power-iteration buffers (``...lipschitz_u_*`` keys of a state dict) into ``model``, creating them."""
+    for key, value in state.items():
+        owner, _, name = key.rpartition(".")
+        if not name.startswith(POWER_VECTOR_PREFIX):
+            continue
+        module = model.get_submodule(owner) if owner else model
+        like = next(iter(module.parameters()), value)
+        module.register_buffer(name, value.detach().clone().to(device=like.device, dtype=like.dtype))
+
+
+def init_lipschitz_state(model: nn.Module, input_shape: Sequence[int]) -> None:
+    """Create the power-iteration buffers of every protocol layer (no update), e.g. before
+    ``model.load_state_dict`` of a checkpoint written during GloRo training."""
+    estimator_for(model, input_shape).power(0)
 
 
 @dataclass
@@ -740,6 +1030,7 @@ class _Record:
     device: torch.device
     batch: int
     const_dtype: torch.dtype
+    norms: dict[fx.Node, float]  # L2 norm of each input-dependent node at input 0
 
     @property
     def dep(self) -> dict[fx.Node, bool]:
@@ -748,6 +1039,10 @@ class _Record:
     @property
     def shape(self) -> dict[fx.Node, Any]:
         return self.recorder.shape
+
+    @property
+    def dtype(self) -> dict[fx.Node, torch.dtype]:
+        return self.recorder.dtype
 
     @property
     def const(self) -> dict[fx.Node, Any]:
@@ -825,10 +1120,10 @@ class _RuleBuilder:
             return lambda t: getattr(t, n.target)(*_substitute(args[1:], t), **_substitute(kwargs, t))
         return lambda t: n.target(*_substitute(args, t), **_substitute(kwargs, t))
 
-    def gain(self, value: float, chain: str | None = None) -> _Gain:
+    def gain(self, value: float, chain: str | None = None, ulps: float = LIBRARY_ULPS) -> _Gain:
         source = self.single_input()
         replay = self.replay_fn() if chain == "permute" else None
-        return _Gain(source, float(value), chain, replay)
+        return _Gain(source, float(value), chain, replay, ulps=0.0 if chain == "permute" else ulps)
 
     # dispatch
 
@@ -843,50 +1138,77 @@ class _RuleBuilder:
         raise self.unsupported()
 
     def module(self, m: nn.Module) -> _Rule:
-        if isinstance(m, nn.Linear):
-            return self.linear(self.single_input(), m.weight)
-        if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+        """Built-in modules by *exact* class (a subclass may compute something else: it is traced into
+        when it is not a torch.nn class, refused otherwise); protocol layers by their rule."""
+        cls = type(m)
+        if cls is nn.Linear:
+            return self.linear(self.single_input(), m.weight, m)
+        if cls in (nn.Conv1d, nn.Conv2d):
             source = self.single_input()
             return self.conv(source, m.weight, m.stride, m.padding, m.dilation, m.groups, m.padding_mode,
-                             getattr(m, "_reversed_padding_repeated_twice", None), isinstance(m, nn.Conv1d))
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                             getattr(m, "_reversed_padding_repeated_twice", None), cls is nn.Conv1d, m)
+        rule = lipschitz_rule(m)
+        if rule is not None:
+            source = self.single_input()
+            return _Leaf(source, m, rule, self.per_sample(source))
+        if cls in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
             source = self.single_input()
             if m.training or not m.track_running_stats or m.running_var is None:
                 raise self.unsupported("BatchNorm without running statistics (or in training mode) uses batch statistics")
             return self.batch_norm(source, m.running_var, m.weight, m.eps)
-        if isinstance(m, Normalize):
-            source = self.single_input()
-            ndim = len(self.per_sample(source))
-            return _Scale(source, (1.0 / m.std.detach().to(torch.float64)).reshape(-1, *([1] * (ndim - 1))))
-        if isinstance(m, (MinMax,)):
-            return self.gain(1.0)
-        if isinstance(m, (InvertibleDownsample, nn.PixelShuffle, nn.PixelUnshuffle, nn.Flatten, nn.Unflatten)):
+        if cls in (nn.PixelShuffle, nn.PixelUnshuffle, nn.Flatten, nn.Unflatten):
             return self.gain(1.0, "permute")
-        if isinstance(m, (nn.Identity, nn.modules.dropout._DropoutNd, nn.AlphaDropout)):
+        if cls in (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout):
             return self.gain(1.0, "elementwise")  # dropout is the identity in eval mode (checked)
-        for cls, name in _ACTIVATION_MODULES.items():
-            if type(m) is cls or (isinstance(m, cls) and type(m).forward is cls.forward):
-                return self.gain(ACTIVATION_LIPSCHITZ[name], "elementwise")
-        if isinstance(m, nn.LeakyReLU):
+        if cls in _ACTIVATION_MODULES:
+            return self.gain(ACTIVATION_LIPSCHITZ[_ACTIVATION_MODULES[cls]], "elementwise")
+        if cls is nn.Softplus:
+            return self.softplus(float(m.beta), float(m.threshold))
+        if cls is nn.LeakyReLU:
             return self.gain(max(1.0, abs(float(m.negative_slope))), "elementwise")
-        if isinstance(m, nn.ELU):
+        if cls is nn.ELU:
             return self.gain(max(1.0, abs(float(m.alpha))), "elementwise")
-        if isinstance(m, nn.GELU):
+        if cls is nn.GELU:
             return self.gain(ACTIVATION_LIPSCHITZ["gelu_tanh" if m.approximate == "tanh" else "gelu"], "elementwise")
-        if isinstance(m, nn.PReLU):
+        if cls is nn.PReLU:
             return self.gain(max(1.0, float(m.weight.detach().abs().max()) * _UP), "elementwise")
-        if isinstance(m, nn.RReLU):
+        if cls is nn.RReLU:
             return self.gain(max(1.0, abs(m.lower), abs(m.upper)), "elementwise")
-        if isinstance(m, _POOL_MODULES):
+        if cls in _POOL_MODULES:
             return self.pool()
-        if isinstance(m, _MAXPOOL_MODULES):
+        if cls in _MAXPOOL_MODULES:
             if getattr(m, "return_indices", False):
                 raise self.unsupported("return_indices=True")
             source = self.single_input()
-            if isinstance(m, (nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)):
-                return _Gain(source, self.adaptive_max_gain(source))
-            return _Gain(source, self.max_pool_gain(source, m.kernel_size, m.stride, m.padding, m.dilation))
+            if cls in (nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d):
+                return _Gain(source, self.adaptive_max_gain(source), ulps=0.0)
+            return _Gain(source, self.max_pool_gain(source, m.kernel_size, m.stride, m.padding, m.dilation), ulps=0.0)
         raise self.unsupported()
+
+    def cast(self, name: str) -> _Gain:
+        """``.to``/``.float``/``.double``/``.type(_as)``: allowed when the dtype is unchanged or widens exactly
+        (float16/bfloat16/float32 to float32/float64); narrowing and integer casts round (not Lipschitz)."""
+        source = self.single_input()
+        before, after = self.rec.dtype.get(source), self.rec.dtype.get(self.n)
+        if before != after and (before, after) not in _EXACT_WIDENING:
+            raise self.unsupported(f"a cast from {before} to {after} rounds values: not Lipschitz")
+        return self.gain(1.0, "elementwise", ulps=0.0)
+
+    def softplus(self, beta: float, threshold: float) -> _Gain:
+        """``log(1 + exp(beta x)) / beta`` below ``beta x = threshold``, ``x`` above: a jump of
+        ``J = log1p(exp(-threshold)) / beta`` at the threshold. Refused unless ``J <= SOFTPLUS_MAX_JUMP``;
+        an accepted ``J`` enters the forward-error model as an additive term per coordinate."""
+        if not beta > 0:
+            raise self.unsupported(f"softplus with beta={beta} (must be > 0)")
+        jump = math.log1p(math.exp(-threshold)) / beta if threshold < 700 else 0.0
+        if jump > SOFTPLUS_MAX_JUMP:
+            raise self.unsupported(
+                f"softplus with threshold={threshold} is discontinuous (jump {jump:.3g} at beta*x = threshold); "
+                f"allowed when the jump is <= {SOFTPLUS_MAX_JUMP:g} (e.g. the default threshold 20)"
+            )
+        rule = self.gain(ACTIVATION_LIPSCHITZ["softplus"], "elementwise")
+        rule.jump = jump
+        return rule
 
     def method(self, name: str) -> _Rule:
         if name in _ACTIVATION_METHODS:
@@ -894,7 +1216,9 @@ class _RuleBuilder:
         if name in _PERMUTE_METHODS:
             return self.gain(1.0, "permute")
         if name in _IDENTITY_METHODS:
-            return self.gain(1.0, "elementwise")
+            return self.gain(1.0, "elementwise", ulps=0.0)
+        if name in _CAST_METHODS:
+            return self.cast(name)
         if name in _COPY_METHODS:
             return self.copy()
         if name in ("mean", "sum"):
@@ -930,7 +1254,10 @@ class _RuleBuilder:
         if target in _PERMUTE_FUNCTIONS:
             return self.gain(1.0, "permute")
         if target is torch.clone:
-            return self.gain(1.0, "elementwise")
+            return self.gain(1.0, "elementwise", ulps=0.0)
+        if target is F.softplus:
+            b = _bind(target, self.args, self.kwargs, ("input", "beta", "threshold"), {"beta": 1.0, "threshold": 20.0})
+            return self.softplus(float(b["beta"]), float(b["threshold"]))
         if target in _DROPOUT_FUNCTIONS:
             if _bind(target, self.args, self.kwargs, ())["training"]:
                 raise self.unsupported("dropout with training=True is random")
@@ -961,19 +1288,19 @@ class _RuleBuilder:
             if b.get("return_indices"):
                 raise self.unsupported("return_indices=True")
             stride = b["stride"] if b["stride"] not in (None, [], ()) else b["kernel_size"]
-            return _Gain(source, self.max_pool_gain(source, b["kernel_size"], stride, b["padding"], b["dilation"]))
+            return _Gain(source, self.max_pool_gain(source, b["kernel_size"], stride, b["padding"], b["dilation"]), ulps=0.0)
         if target in (F.adaptive_max_pool1d, F.adaptive_max_pool2d):
             b = _bind(target, self.args, self.kwargs, ("input", "output_size", "return_indices"))
             if b.get("return_indices"):
                 raise self.unsupported("return_indices=True")
             source = self.single_input()
-            return _Gain(source, self.adaptive_max_gain(source))
+            return _Gain(source, self.adaptive_max_gain(source), ulps=0.0)
         if target is F.pad:
             b = _bind(target, self.args, self.kwargs, ())
             if b["mode"] == "constant":
                 source = self.single_input()
                 spatial = len(b["pad"]) <= 2 * (len(self.per_sample(source)) - 1)
-                return _Gain(source, 1.0, "channel" if spatial else None)  # zero padding embeds isometrically
+                return _Gain(source, 1.0, "channel" if spatial else None, self.replay_fn(), ulps=0.0)  # an isometric embedding
             return self.copy()
         if target in _COPY_FUNCTIONS:
             if target is operator.getitem and _is_dep(self.args[0]) and not isinstance(self.rec.shape[self.args[0].node], tuple):
@@ -1004,13 +1331,13 @@ class _RuleBuilder:
 
     # op families
 
-    def linear(self, source: fx.Node, weight: Any) -> _Linear:
+    def linear(self, source: fx.Node, weight: Any, module: nn.Module | None = None) -> _Linear:
         if not isinstance(weight, Tensor):
             raise self.unsupported("the weight depends on the input")
-        return _Linear(source, "linear", weight, self.per_sample(source))
+        return _Linear(source, "linear", weight, self.per_sample(source), module=module)
 
     def conv(self, source: fx.Node, weight: Any, stride: Any, padding: Any, dilation: Any, groups: int,
-             padding_mode: str, reversed_padding: Any, conv1d: bool) -> _Linear:
+             padding_mode: str, reversed_padding: Any, conv1d: bool, module: nn.Module | None = None) -> _Linear:
         if not isinstance(weight, Tensor):
             raise self.unsupported("the weight depends on the input")
         shape = self.per_sample(source)
@@ -1031,7 +1358,7 @@ class _RuleBuilder:
             padding = padding if isinstance(padding, str) else (0, _tuple(padding, 1)[0])
             hw = (1, hw[0])
         conv = {"stride": stride, "padding": padding, "dilation": dilation, "groups": int(groups)}
-        return _Linear(source, "conv", weight, shape, conv, hw, pre_gain, conv1d)
+        return _Linear(source, "conv", weight, shape, conv, hw, pre_gain, conv1d, module if not conv1d else None)
 
     def batch_norm(self, source: fx.Node, running_var: Any, weight: Any, eps: float) -> _Scale:
         if not isinstance(running_var, Tensor) or (weight is not None and not isinstance(weight, Tensor)):
@@ -1047,7 +1374,8 @@ class _RuleBuilder:
         source = self.single_input()
         shape = self.shape_of(source)
         bound = _nonneg_linear_bound(self.replay_fn(), shape, self.rec.device)
-        return _Gain(source, bound, "channel")
+        per_channel = math.prod(shape[2:]) if len(shape) > 2 else math.prod(shape[1:])
+        return _Gain(source, bound, "channel", self.replay_fn(), ulps=per_channel + 2)
 
     def reduce(self, name: str, args: tuple, kwargs: dict) -> _Gain:
         source = self.single_input()
@@ -1060,7 +1388,8 @@ class _RuleBuilder:
         if 0 in dims:
             raise self.unsupported(f"{name} over the batch dimension")
         bound = _nonneg_linear_bound(self.replay_fn(), shape, self.rec.device)
-        return _Gain(source, bound, None if 1 in dims else "channel")
+        terms = math.prod(shape[d] for d in dims)
+        return _Gain(source, bound, None if 1 in dims else "channel", self.replay_fn(), ulps=terms + 2)
 
     def max_pool_gain(self, source: fx.Node, kernel: Any, stride: Any, padding: Any, dilation: Any) -> float:
         shape_in = self.shape_of(source)[2:]
@@ -1086,7 +1415,7 @@ class _RuleBuilder:
     def copy(self) -> _Gain:
         source = self.single_input()
         bound = _copy_bound(self.replay_fn(), self.shape_of(source), self.rec.device, self.what)
-        return _Gain(source, bound)
+        return _Gain(source, bound, ulps=0.0)
 
     def _operand(self, value: Any) -> tuple[fx.Node | None, Any]:
         return (value.node, None) if _is_dep(value) else (None, value)
@@ -1178,7 +1507,7 @@ class _RuleBuilder:
         dim = int(b.get("dim", 0))
         if dim % len(self.shape_of(source)) == 0:
             raise self.unsupported("splitting the batch dimension")
-        return _Gain(source, 1.0)  # every part is a subset of the coordinates
+        return _Gain(source, 1.0, ulps=0.0)  # every part is a subset of the coordinates
 
 
 # ----------------------------------------------------------------------------- bound propagation
@@ -1217,10 +1546,29 @@ def _chains(nodes: list[fx.Node], rec: _Record, rules: dict[fx.Node, _Rule]) -> 
                 elif rule.chain == "channel":
                     vector = _per_axis(s, shape_in, 0)
                     if vector is not None and len(shape_out) >= 1 and shape_out[0] == shape_in[0]:
-                        out.append((b, vector.reshape(-1, *([1] * (len(shape_out) - 1))), g * rule.gain))
+                        moved = vector.reshape(-1, *([1] * (len(shape_out) - 1)))
+                        if _commutes(rule.replay, s, moved, shape_in, rec):
+                            out.append((b, moved, g * rule.gain))
         if out:
             chains[n] = out[:4]
     return chains
+
+
+def _commutes(replay: Callable[[Tensor], Tensor] | None, s_in: Tensor, s_out: Tensor, shape_in: tuple[int, ...],
+              rec: "_Record") -> bool:
+    """Whether the op maps ``diag(s_in) z`` to ``diag(s_out) op(z)`` (checked on a random float64 probe):
+    folding a scaling through an op is valid only when the op does not mix the scaled axis."""
+    if replay is None:
+        return False
+    gen = torch.Generator().manual_seed(1)
+    probe = torch.randn((rec.batch, *shape_in), generator=gen, dtype=torch.float64).to(rec.device)
+    scaled = s_in.to(probe).expand(shape_in).unsqueeze(0) * probe
+    with torch.no_grad():
+        left, right = replay(scaled), replay(probe)
+    if not isinstance(left, Tensor) or not isinstance(right, Tensor) or left.shape != right.shape:
+        return False
+    expected = s_out.to(right) * right
+    return bool(torch.allclose(left, expected, rtol=1e-9, atol=1e-12 * float(expected.abs().max().clamp_min(1))))
 
 
 def _requires(rule: _Rule, rules: dict[fx.Node, _Rule], chains: dict, fold: bool) -> list[fx.Node]:
@@ -1231,7 +1579,7 @@ def _requires(rule: _Rule, rules: dict[fx.Node, _Rule], chains: dict, fold: bool
         if fold and isinstance(inner, _Linear) and _out_scale(inner, rule) is not None:
             return [inner.input] + [b for b, _, _ in chains.get(inner.input, [])]
         return [rule.input]
-    if isinstance(rule, _Gain):
+    if isinstance(rule, (_Gain, _Leaf)):
         return [rule.input]
     if isinstance(rule, _Sum):
         return [node for node, _ in rule.terms]
@@ -1277,6 +1625,8 @@ def _bound(rule: _Rule, rules: dict, chains: dict, bounds: dict[fx.Node, float],
         return bounds[rule.input] * peak * _UP
     if isinstance(rule, _Gain):
         return bounds[rule.input] * rule.gain
+    if isinstance(rule, _Leaf):
+        return bounds[rule.input] * rule.bound()
     if isinstance(rule, _Sum):
         return sum(bounds[node] * c for node, c in rule.terms)
     if isinstance(rule, _Cat):

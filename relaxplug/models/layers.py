@@ -3,17 +3,37 @@
 Each layer has a fast form for training and an exact rewrite that bound-propagation tools
 (auto_LiRPA 0.3) can bound: ``lirpa_form(input_shape)`` returns a module computing the same
 function with ``relu``, ``add`` and fixed linear maps or convolutions held as buffers.
+
+Each also implements the Lipschitz protocol (:mod:`relaxplug.lipschitz.protocol`):
+``lipschitz_bound`` (sound, float64), ``lipschitz_estimate`` (training) and
+``lipschitz_rounding`` (its float error, :mod:`relaxplug.lipschitz.rounding`).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from relaxplug.lipschitz import spectral
+from relaxplug.lipschitz.graph import estimator_for
+from relaxplug.lipschitz.protocol import power_vector
+from relaxplug.lipschitz.rounding import unit_roundoff
+
 __all__ = ["MinMax", "InvertibleDownsample", "Residual", "Normalize"]
+
+
+def _isometry_bound(self: nn.Module, input_shape: tuple[int, ...]) -> Tensor:
+    """Lipschitz 1: the layer permutes coordinates or sorts pairs of them."""
+    return torch.ones((), dtype=torch.float64)
+
+
+def _exact_rounding(self: nn.Module, input_shape: tuple[int, ...]) -> tuple[float, float]:
+    """No rounding: the outputs are copies of the inputs."""
+    return 0.0, 0.0
 
 
 class MinMax(nn.Module):
@@ -28,6 +48,9 @@ class MinMax(nn.Module):
             raise ValueError(f"MinMax needs an even number of channels, got {x.shape[1]}")
         a, b = x.chunk(2, dim=1)
         return torch.cat([torch.maximum(a, b), torch.minimum(a, b)], dim=1)
+
+    lipschitz_bound = lipschitz_estimate = _isometry_bound
+    lipschitz_rounding = _exact_rounding
 
     def lirpa_form(self, input_shape: Sequence[int]) -> nn.Module:
         return _MinMaxLinearForm(input_shape)
@@ -81,6 +104,9 @@ class InvertibleDownsample(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return F.pixel_unshuffle(x, self.scale)
 
+    lipschitz_bound = lipschitz_estimate = _isometry_bound
+    lipschitz_rounding = _exact_rounding
+
     def lirpa_form(self, input_shape: Sequence[int]) -> nn.Module:
         return _DownsampleConvForm(int(input_shape[0]), self.scale)
 
@@ -108,7 +134,14 @@ class _DownsampleConvForm(nn.Module):
 
 
 class Residual(nn.Module):
-    """``x + block(x)``; Lipschitz constant at most ``1 + L(block)``."""
+    """``x + block(x)``.
+
+    Lipschitz bound: when ``block`` is one ``nn.Linear`` or stride-1 "same" zero-padded
+    ``nn.Conv2d`` with as many outputs as inputs (LiResNet's ``x + conv(x)``), the block is one
+    linear operator ``I + W`` and is bounded as that operator (the identity added to the kernel
+    centre, then the FFT bound of :mod:`relaxplug.lipschitz.spectral`), which can be far below
+    ``1 + ||W||``. Otherwise ``1 + L(block)``, with ``L(block)`` from the Lipschitz engine.
+    """
 
     def __init__(self, block: nn.Module):
         super().__init__()
@@ -116,6 +149,65 @@ class Residual(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.block(x)
+
+    def _operator(self, weight: Tensor) -> Tensor | None:
+        """``I + W`` as one weight (differentiable in ``weight``), or ``None`` when the block is not one operator."""
+        block = self.block
+        if type(block) is nn.Linear and block.in_features == block.out_features:
+            return weight + torch.eye(block.in_features, dtype=weight.dtype, device=weight.device)
+        if type(block) is nn.Conv2d and _same_shape_conv(block):
+            k1, k2 = block.kernel_size
+            eye = torch.zeros_like(weight)
+            index = torch.arange(block.in_channels, device=weight.device)
+            eye[index, index, k1 // 2, k2 // 2] = 1.0
+            return weight + eye
+        return None
+
+    def lipschitz_bound(self, input_shape: tuple[int, ...]) -> Tensor:
+        operator = self._operator(self.block.weight.detach()) if hasattr(self.block, "weight") else None
+        if operator is None:
+            return 1.0 + torch.tensor(estimator_for(self.block, input_shape).total(), dtype=torch.float64)
+        if operator.dim() == 2:
+            return torch.tensor(spectral.dense_spectral_norm(operator), dtype=torch.float64)
+        value = spectral.conv_spectral_bound(operator, tuple(input_shape[1:]), padding=self.block.padding)
+        return torch.tensor(value, dtype=torch.float64)
+
+    def lipschitz_estimate(self, input_shape: tuple[int, ...]) -> Tensor:
+        operator = self._operator(self.block.weight) if hasattr(self.block, "weight") else None
+        if operator is None:
+            return 1.0 + estimator_for(self.block, input_shape).estimate(whole=True)
+        shape = tuple(int(v) for v in input_shape)
+        n_iter = 1 if self.training else 0
+        if operator.dim() == 2:
+            u = power_vector(self, "in", (operator.shape[1],), operator.detach())
+            sigma, new = spectral.power_iteration_dense(operator, u, n_iter)
+        else:
+            u = power_vector(self, "x".join(map(str, shape)), (1, *shape), operator.detach())
+            sigma, new = spectral.power_iteration_conv(operator, shape, u, n_iter, padding=self.block.padding)
+        if self.training:
+            u.copy_(new)
+        return sigma
+
+    def lipschitz_rounding(self, input_shape: tuple[int, ...]) -> tuple[float, float]:
+        """``(c0, c1)`` with float error ``<= c0 + c1 ||x||`` (:mod:`relaxplug.lipschitz.rounding`)."""
+        block = self.block
+        estimator = estimator_for(block, input_shape)
+        lip = estimator.total()
+        ref = next(iter(block.parameters()), None)
+        u, _ = unit_roundoff(ref.dtype if ref is not None else torch.float32, ref.device if ref is not None else "cpu")
+        inner = estimator.forward_error()
+        out0 = estimator.output_norm_at_zero()
+        # block error, then the addition: u (||x|| + ||block(x)||) with ||block(x)|| <= out0 + lip ||x||
+        return inner.e0 + 2 * u * out0, inner.e1 + 2 * u * (1 + lip)
+
+
+def _same_shape_conv(conv: nn.Conv2d) -> bool:
+    k1, k2 = conv.kernel_size
+    same = conv.padding == "same" or tuple(conv.padding) == (k1 // 2, k2 // 2)
+    return (
+        conv.in_channels == conv.out_channels and conv.groups == 1 and tuple(conv.stride) == (1, 1)
+        and tuple(conv.dilation) == (1, 1) and conv.padding_mode == "zeros" and k1 % 2 == 1 and k2 % 2 == 1 and same
+    )
 
 
 class Normalize(nn.Module):
@@ -138,5 +230,28 @@ class Normalize(nn.Module):
     def _view(self, t: Tensor, x: Tensor) -> Tensor:
         return t.view(1, -1, *([1] * (x.ndim - 2)))
 
+    def _checked_std(self) -> Tensor:
+        """``std``, checked where it is used (it may have been loaded after ``__init__``)."""
+        std = self.std
+        if not bool((std > 0).all()) or not bool(torch.isfinite(std).all()):
+            raise ValueError(f"Normalize std must be positive and finite, got {std.tolist()}")
+        return std
+
     def forward(self, x: Tensor) -> Tensor:
-        return (x - self._view(self.mean, x)) / self._view(self.std, x)
+        return (x - self._view(self.mean, x)) / self._view(self._checked_std(), x)
+
+    def lipschitz_bound(self, input_shape: tuple[int, ...]) -> Tensor:
+        """``max_c 1 / std_c``: a per-channel scaling (float64, rounded up)."""
+        std = self._checked_std().detach().to(torch.float64)
+        return (1.0 / std).max() * (1.0 + spectral.FLOAT_ALLOWANCE)
+
+    def lipschitz_estimate(self, input_shape: tuple[int, ...]) -> Tensor:
+        return (1.0 / self._checked_std()).max()
+
+    def lipschitz_rounding(self, input_shape: tuple[int, ...]) -> tuple[float, float]:
+        """A subtraction and a division, each within half an ulp: ``<= 2u (|x| + |mean|) / std`` per coordinate."""
+        u, _ = unit_roundoff(self.std.dtype, self.std.device)
+        inv = float(self.lipschitz_bound(input_shape))
+        spatial = math.prod(input_shape[1:]) if len(input_shape) > 1 else 1
+        mean = float(self.mean.detach().to(torch.float64).norm()) * math.sqrt(spatial)
+        return 2.5 * u * inv * mean, 2.5 * u * inv

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from relaxplug.adapters import Guarantee, load_sets, resolve_guarantee
 from relaxplug.models.checkpoint import load_checkpoint, save_checkpoint
 from relaxplug.training.config import TrainConfig, config_to_dict
-from relaxplug.lipschitz.stack import LipschitzEstimator, head_distances
+from relaxplug.lipschitz import LipschitzEstimator, head_distances
 from relaxplug.models.architectures import build_model
 from relaxplug.runtime import resolve_device, seed_everything
 

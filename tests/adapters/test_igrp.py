@@ -11,7 +11,7 @@ from torch import nn
 import relaxplug as rp
 from relaxplug.adapters import IGRP, Affinity, IGRPCertificate, Standard, rank_order, resolve_guarantee
 from relaxplug.attacks.igrp_metrics import attack_group_claims, check_igrp_certificates, group_margin, igrp_summary
-from relaxplug.lipschitz.stack import LipschitzEstimator, head_distances
+from relaxplug.lipschitz import LipschitzEstimator, head_distances
 from relaxplug.evaluation.metrics import summarize
 from relaxplug.training.losses import guarantee_margin
 

@@ -7,7 +7,7 @@ from torch import nn
 import relaxplug as rp
 from relaxplug.attacks.pgd import pgd_set_attack
 from relaxplug.models.layers import InvertibleDownsample, MinMax, Residual
-from relaxplug.lipschitz.stack import LipschitzEstimator, UnsupportedLayerError, estimator_for
+from relaxplug.lipschitz import LipschitzEstimator, UnsupportedLayerError, estimator_for
 
 from ..brute_force import certify_linear
 
@@ -129,9 +129,9 @@ def test_unsupported_layer_is_named():
     model = nn.Sequential(nn.Linear(3, 8), nn.LayerNorm(8), nn.Linear(8, 4))
     with pytest.raises(UnsupportedLayerError, match="LayerNorm"):
         rp.certify(model, torch.randn(2, 3), eps=0.1)
-    # the layer-stack path (GloRo training) still needs the final nn.Linear
+    # GloRo training's head split needs a final nn.Linear module
     with pytest.raises(UnsupportedLayerError, match="nn.Linear"):
-        LipschitzEstimator(nn.Sequential(nn.Linear(3, 4), nn.ReLU()), (3,))
+        LipschitzEstimator(nn.Sequential(nn.Linear(3, 4), nn.ReLU()), (3,)).head
 
 
 def test_bad_inputs_fail_early():

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from relaxplug.lipschitz.stack import split_head
+from relaxplug.lipschitz import split_head
 from relaxplug.models.architectures import build_model, list_architectures
 
 

@@ -230,7 +230,7 @@ def test_gloro_igrp_variant_trains_on_both_radii(tmp_path):
     """GloRo training for IGRP uses the two-radius margin; the ramp scales both radii."""
     torch.manual_seed(0)
     model = build_model("mlp", (1, 8, 8), 10)
-    from relaxplug.lipschitz.stack import LipschitzEstimator, head_distances
+    from relaxplug.lipschitz import LipschitzEstimator, head_distances
 
     est = LipschitzEstimator(model, (1, 8, 8))
     g = IGRP(GROUPS, 0.1, 0.4)

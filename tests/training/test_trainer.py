@@ -9,7 +9,7 @@ import relaxplug as rp
 from relaxplug.adapters import RTK, Affinity, Standard
 from relaxplug.models.checkpoint import load_checkpoint
 from relaxplug.training.config import TrainConfig
-from relaxplug.lipschitz.stack import LipschitzEstimator, head_distances
+from relaxplug.lipschitz import LipschitzEstimator, head_distances
 from relaxplug.models.architectures import build_model
 from relaxplug.training.losses import guarantee_margin, instrumented_logits
 from relaxplug.training.trainer import gloro_step_loss, train
