@@ -22,9 +22,10 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from relaxplug.lipschitz import spectral
+from relaxplug.lipschitz.protocol import power_vector
 from relaxplug.models.architectures import register_architecture
 from relaxplug.models.layers import InvertibleDownsample, MinMax
-from relaxplug.models.orthogonal import BROConv2d, BROLinear, CholeskyLinear, CholeskyPatchConv2d
+from relaxplug.models.orthogonal import BROConv2d, BROLinear, CholeskyLinear, CholeskyPatchConv2d, affine_rounding
 
 __all__ = ["LiResConv2d", "RowNormalize", "normalize_rows", "build_liresnet", "build_bronet"]
 
@@ -36,12 +37,13 @@ class LiResConv2d(nn.Module):
 
     ``lipschitz_bound`` is the sound FFT bound of that one kernel
     (:func:`relaxplug.lipschitz.spectral.conv_spectral_bound`); ``lipschitz_estimate`` runs
-    ``power_iterations`` power iterations from a persistent vector (from below; differentiable).
+    ``power_iterations`` power iterations (in training mode; none in eval mode) from a persistent
+    buffer (:func:`~relaxplug.lipschitz.protocol.power_vector`): from below, differentiable.
 
     Shape: ``(B, width, H, W) -> (B, width, H, W)``.
     """
 
-    def __init__(self, width: int, depth: int = 1, kernel_size: int = 3, power_iterations: int = 2):
+    def __init__(self, width: int, depth: int = 1, kernel_size: int = 3, power_iterations: int = 1):
         super().__init__()
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"LiResConv2d needs an odd kernel_size, got {kernel_size}")
@@ -53,7 +55,6 @@ class LiResConv2d(nn.Module):
         identity[:, :, kernel_size // 2, kernel_size // 2] = torch.eye(width)
         self.register_buffer("identity", identity, persistent=False)
         self.scale = depth ** -0.5
-        self._vectors: dict[tuple[int, ...], Tensor] = {}
 
     def kernel(self) -> Tensor:
         """The one kernel the forward pass applies (identity at the centre tap included)."""
@@ -68,12 +69,19 @@ class LiResConv2d(nn.Module):
 
     def lipschitz_estimate(self, input_shape: Sequence[int]) -> Tensor:
         shape = tuple(int(s) for s in input_shape)
-        vector = self._vectors.get(shape)
-        sigma, vector = spectral.power_iteration_conv(
-            self.kernel(), shape, vector, self.power_iterations, padding=self.kernel_size // 2
-        )
-        self._vectors[shape] = vector
+        kernel = self.kernel()
+        u = power_vector(self, "x".join(map(str, shape)), (1, *shape), kernel.detach())
+        steps = self.power_iterations if self.training else 0
+        sigma, new = spectral.power_iteration_conv(kernel, shape, u, steps, padding=self.kernel_size // 2)
+        if self.training:
+            u.copy_(new)
         return sigma
+
+    def lipschitz_rounding(self, input_shape: Sequence[int]) -> tuple[float, float]:
+        """``(c0, c1)`` of one convolution with bias (:func:`~relaxplug.models.orthogonal.affine_rounding`)."""
+        positions = int(input_shape[1]) * int(input_shape[2])
+        with torch.no_grad():
+            return affine_rounding(self.kernel(), self.bias, positions)
 
     def extra_repr(self) -> str:
         return f"width={self.width}, kernel_size={self.kernel_size}"

@@ -33,8 +33,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from relaxplug.lipschitz import spectral
+from relaxplug.lipschitz.rounding import dot_gamma, unit_roundoff
 
 __all__ = [
+    "affine_rounding",
     "cholesky_orthogonalize",
     "block_reflector",
     "CholeskyLinear",
@@ -47,6 +49,8 @@ __all__ = [
 CHOLESKY_REL_EPS = 1e-3
 #: ``delta / mean(diag(V^* V))`` of the block reflector
 BRO_REL_EPS = 1e-5
+#: assumed relative L2 error of a unitary FFT of N points, in units of ``u * log2(N)``
+FFT_ULPS = 8.0
 
 
 def cholesky_orthogonalize(v: Tensor, rel_eps: float = CHOLESKY_REL_EPS) -> Tensor:
@@ -75,6 +79,32 @@ def block_reflector(v: Tensor, rel_eps: float = BRO_REL_EPS) -> Tensor:
     gram = gram + delta[..., None, None] * eye_r
     eye_c = torch.eye(c, dtype=v.dtype, device=v.device)
     return eye_c - 2 * v @ torch.linalg.solve(gram, vh)
+
+
+def affine_rounding(weight: Tensor, bias: Tensor | None, positions: int = 1) -> tuple[float, float]:
+    """``(c0, c1)``: the float error of ``W x + b`` is at most ``c0 + c1 ||x||``
+    (:mod:`relaxplug.lipschitz.rounding`), for a dense ``(out, n)`` weight or a stride-1
+    convolution kernel ``(out, in, kh, kw)`` applied at ``positions`` output pixels.
+
+    Each output is a dot product of length ``n`` plus a bias: its error is at most
+    ``gamma_{n+1} (|W| |x| + |b|)`` entrywise (any summation order), so in norm
+    ``gamma (|| |W| || ||x|| + sqrt(positions) ||b||)``. ``|| |W| ||`` is the largest singular
+    value of ``|W|`` for a dense layer, and Schur's test ``sqrt(max row sum * max column sum)``
+    for a convolution (a row sums ``|W[o]|`` over all taps; an input coordinate meets each tap
+    at most once per output channel, so a column sums ``|W[:, c]|`` over all taps).
+    """
+    w = weight.detach().to(torch.float64).abs()
+    u, u_in = unit_roundoff(weight.dtype, weight.device)
+    gamma = dot_gamma(int(w[0].numel()) + 1, u, u_in)
+    if w.dim() == 4:
+        abs_norm = math.sqrt(float(w.sum((1, 2, 3)).max()) * float(w.sum((0, 2, 3)).max()))
+    elif w.dim() == 2:
+        abs_norm = float(torch.linalg.svdvals(w)[0])
+    else:
+        raise ValueError(f"affine_rounding takes a dense or conv2d weight, got shape {tuple(weight.shape)}")
+    abs_norm *= 1.0 + spectral.FLOAT_ALLOWANCE
+    b = 0.0 if bias is None else float(bias.detach().to(torch.float64).norm()) * math.sqrt(positions)
+    return gamma * b, gamma * abs_norm
 
 
 def _bound_tensor(value: float, ref: Tensor) -> Tensor:
@@ -125,6 +155,10 @@ class CholeskyLinear(nn.Module):
     def lipschitz_estimate(self, input_shape: Sequence[int]) -> Tensor:
         return _one(self.raw)
 
+    def lipschitz_rounding(self, input_shape: Sequence[int]) -> tuple[float, float]:
+        with torch.no_grad():
+            return affine_rounding(self.weight(), self.bias)
+
     def extra_repr(self) -> str:
         return f"{self.in_features} -> {self.out_features}, residual={self.residual}"
 
@@ -167,6 +201,13 @@ class CholeskyPatchConv2d(nn.Module):
     def lipschitz_estimate(self, input_shape: Sequence[int]) -> Tensor:
         return _one(self.raw)
 
+    def lipschitz_rounding(self, input_shape: Sequence[int]) -> tuple[float, float]:
+        # one dense product per disjoint patch: the dense bound, the bias repeated per output pixel
+        positions = (int(input_shape[1]) // self.patch) * (int(input_shape[2]) // self.patch)
+        with torch.no_grad():
+            c0, c1 = affine_rounding(self.matrix(), self.bias)
+        return c0 * math.sqrt(positions), c1
+
     def extra_repr(self) -> str:
         return f"{self.in_channels} -> {self.out_channels}, patch={self.patch}"
 
@@ -201,6 +242,10 @@ class BROLinear(nn.Module):
 
     def lipschitz_estimate(self, input_shape: Sequence[int]) -> Tensor:
         return _one(self.raw)
+
+    def lipschitz_rounding(self, input_shape: Sequence[int]) -> tuple[float, float]:
+        with torch.no_grad():
+            return affine_rounding(self.weight(), self.bias)
 
     def extra_repr(self) -> str:
         return f"{self.in_features} -> {self.out_features}, rank={self.rank}"
@@ -266,6 +311,23 @@ class BROConv2d(nn.Module):
 
     def lipschitz_estimate(self, input_shape: Sequence[int]) -> Tensor:
         return _one(self.raw)
+
+    def lipschitz_rounding(self, input_shape: Sequence[int]) -> tuple[float, float]:
+        """``(c0, c1)`` of the FFT pipeline, under the assumption (docs/sota.md) that a unitary FFT of
+        ``N`` points has relative L2 error at most ``FFT_ULPS * u * log2(N)`` (Higham, Accuracy and
+        Stability, Thm 24.2, gives ``~ (mu + sqrt(2) gamma_4) log2 N`` for radix 2; FFT_ULPS = 8
+        leaves a margin for mixed radices). Pipeline: FFT (relative ``e_f``), per-frequency complex
+        products of length ``in`` (``gamma_{2 in + 2} || |W(w)| || <= gamma sqrt(min(in, out))``,
+        as ``||W(w)|| <= 1``), inverse FFT (``e_f``), real part and crop (exact), bias addition
+        (``u (||y|| + ||b|| sqrt(HW))``); second-order terms are covered by a factor 2."""
+        h, w = int(input_shape[1]), int(input_shape[2])
+        grid = self._grid((h, w))
+        u, u_in = unit_roundoff(self.raw.dtype, self.raw.device)
+        e_fft = FFT_ULPS * u * math.log2(max(grid[0] * grid[1], 2))
+        gamma = dot_gamma(2 * self.in_channels + 2, u, u_in)
+        c1 = 2.0 * (2 * e_fft + gamma * math.sqrt(min(self.in_channels, self.out_channels)) + 2 * u)
+        b = 0.0 if self.bias is None else float(self.bias.detach().to(torch.float64).norm()) * math.sqrt(h * w)
+        return 2.0 * u * b, c1
 
     def extra_repr(self) -> str:
         return f"{self.in_channels} -> {self.out_channels}, rank={self.rank}, kernel_size={self.kernel_size}"

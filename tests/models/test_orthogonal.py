@@ -111,3 +111,24 @@ def test_estimates_are_one_and_bad_arguments_raise():
         CholeskyLinear(4, 6, residual=True)
     with pytest.raises(ValueError, match=r"\(B, 4, H, W\)"):
         BROConv2d(4, 4)(torch.randn(1, 3, 5, 5))
+
+
+def test_declared_rounding_covers_float32_against_float64():
+    from relaxplug.models.liresnet import LiResConv2d
+
+    cases = [
+        (CholeskyLinear(12, 8), (12,)), (BROLinear(10, 6), (10,)), (CholeskyPatchConv2d(3, 4, 2), (3, 4, 4)),
+        (BROConv2d(4, 6, rank=2), (4, 5, 5)), (LiResConv2d(6, 2), (6, 5, 5)),
+    ]
+    for layer, shape in cases:
+        with torch.no_grad():
+            for p in layer.parameters():
+                p.add_(0.5 * torch.randn_like(p))
+        x = 10 * torch.randn(8, *shape)
+        exact = layer.double()(x.double())
+        computed = layer.float()(x).double()
+        c0, c1 = layer.lipschitz_rounding(shape)
+        allowed = c0 + c1 * x.double().flatten(1).norm(dim=1)
+        error = (computed - exact).flatten(1).norm(dim=1)
+        assert (error <= allowed).all(), (type(layer).__name__, error, allowed)
+        assert (allowed < 1e-2 * exact.flatten(1).norm(dim=1)).all()  # and not vacuous
