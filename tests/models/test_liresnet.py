@@ -88,3 +88,54 @@ def test_bad_shapes_raise():
         build_liresnet((3, 32, 32), 10, width=7)
     with pytest.raises(ValueError, match=r"\(C, H, W\)"):
         build_bronet((64,), 10)
+
+
+def _pgd_min_set_margin(model, x, sets, eps, steps=60, restarts=2):
+    """Projected gradient descent on ``min_{j in T} f_j - max_{i not in T} f_i`` over the L2 ball;
+    returns the perturbed inputs with the smallest margin found (checked by a forward pass)."""
+    big = 1e9
+    best_x, best = x.clone(), torch.full((x.shape[0],), float("inf"))
+    gen = torch.Generator().manual_seed(0)
+    for restart in range(restarts):
+        delta = torch.randn(x.shape, generator=gen) * (eps / 4 if restart else 0.0)
+        for _ in range(steps):
+            delta.requires_grad_(True)
+            logits = model(x + delta)
+            margin = torch.where(sets, logits, big).amin(1) - torch.where(sets, -big, logits).amax(1)
+            (grad,) = torch.autograd.grad(margin.sum(), delta)
+            with torch.no_grad():
+                step = grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+                delta = delta - 0.1 * eps * step
+                delta = delta * (eps / delta.flatten(1).norm(dim=1).clamp_min(1e-12)).clamp(max=1.0).view(-1, 1, 1, 1)
+        with torch.no_grad():
+            logits = model(x + delta)  # the forward pass that confirms a counterexample
+            margin = torch.where(sets, logits, big).amin(1) - torch.where(sets, -big, logits).amax(1)
+            better = margin < best
+            best = torch.where(better, margin, best)
+            best_x[better] = (x + delta)[better]
+    return best_x, best
+
+
+@pytest.mark.parametrize("name", ["liresnet_digits", "bronet_digits"])
+@pytest.mark.parametrize("guarantee", ["standard", "rtk:2"])
+def test_pgd_breaks_no_certificate(name, guarantee):
+    import relaxplug as rp
+
+    torch.manual_seed(1)
+    model = build_model(name, (1, 8, 8), 10).eval()
+    with torch.no_grad():  # a less uniform network than the initialisation
+        model[-1].parametrizations.weight.original.mul_(torch.rand(10, 1) * 4)
+        model[-1].bias.normal_(0, 0.3)
+    x = torch.rand(48, 1, 8, 8)
+    radius = rp.certify(model, x, 0.0, guarantee=guarantee).radius
+    eps = float(radius.median())
+    assert eps > 0
+    cert = rp.certify(model, x, eps, guarantee=guarantee)
+    assert 5 <= int(cert.certified.sum()) < 48  # some points certified, some not
+    certified = cert.certified
+    _, margin = _pgd_min_set_margin(model, x[certified], cert.classes[certified], eps)
+    assert (margin > 0).all(), f"{int((margin <= 0).sum())} certificates broken"
+    # negative control: the same attack breaks the claim on far larger balls for uncertified points
+    _, far = _pgd_min_set_margin(model, x, cert.classes.where(certified[:, None], torch.nn.functional.one_hot(
+        cert.pred, 10).bool()), 200 * eps)
+    assert (far <= 0).any()
