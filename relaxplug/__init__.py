@@ -13,17 +13,23 @@ from relaxplug.adapters import resolve_guarantee as resolve_guarantee
 from relaxplug.adapters.certificate import Certificate as Certificate
 from relaxplug.certifiers import list_certifiers as list_certifiers
 from relaxplug.certifiers.certify import certify as certify
+from relaxplug.training import losses as losses
+from relaxplug.training.crown_ibp import CrownIBPLoss as CrownIBPLoss
+from relaxplug.training.wrapper import GloRoNet as GloRoNet
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Certificate",
+    "CrownIBPLoss",
+    "GloRoNet",
     "adapters",
     "certify",
     "layers",
     "models",
     "list_certifiers",
     "list_guarantees",
+    "losses",
     "resolve_guarantee",
     "zoo",
 ]

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import torch
 
 from relaxplug.training.config import TrainConfig
+from relaxplug.training.methods import GloRoSection
 from relaxplug.evaluation.dataset import certify_dataset
 from relaxplug.evaluation.metrics import summarize
 from relaxplug.evaluation.report import format_table, write_json
@@ -39,8 +40,8 @@ def demo_configs(out_dir: Path, epochs: int = 120) -> list[TrainConfig]:
     """The three digits runs (mirrored by ``configs/digits_*.yaml``)."""
     base = TrainConfig(
         dataset="digits", architecture="digits_cnn", eps=0.3, epochs=epochs, batch_size=64,
-        lr="1e-3 -> 1e-5 after half", loss="trades", trades_lambda="0.01 -> 1.2 log half",
-        eps_ramp_epochs=max(1, epochs // 4), power_iterations=2, seed=0, device="auto",
+        lr="1e-3 -> 1e-5 after half", eps_ramp_epochs=max(1, epochs // 4), seed=0, device="auto",
+        method_options=GloRoSection(loss="trades", trades_lambda="0.01 -> 1.2 log half", power_iterations=2),
     )
     return [
         dataclasses.replace(base, name="digits_standard", guarantee="standard", out_dir=str(out_dir / "digits_standard")),
@@ -55,7 +56,8 @@ def demo_configs(out_dir: Path, epochs: int = 120) -> list[TrainConfig]:
 def synthetic_configs(out_dir: Path, epochs: int = 150) -> list[TrainConfig]:
     base = TrainConfig(
         dataset="synthetic2d", architecture="mlp", eps=0.15, epochs=epochs, batch_size=128,
-        lr="1e-3 -> 1e-5 after half", loss="ce", eps_ramp_epochs=max(1, epochs // 4), seed=0, device="auto",
+        lr="1e-3 -> 1e-5 after half", eps_ramp_epochs=max(1, epochs // 4), seed=0, device="auto",
+        method_options=GloRoSection(loss="ce"),
     )
     return [
         dataclasses.replace(base, name="synthetic_standard", guarantee="standard", out_dir=str(out_dir / "synthetic_standard")),

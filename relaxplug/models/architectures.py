@@ -7,7 +7,9 @@ can split it into body and head, and every layer has an exact auto_LiRPA-friendl
 
 from __future__ import annotations
 
+import importlib
 import math
+import re
 from typing import Callable, Sequence
 
 import torch
@@ -30,11 +32,41 @@ def list_architectures() -> list[str]:
     return ARCHITECTURES.names()
 
 
-def build_model(name: str, input_shape: Sequence[int], n_classes: int) -> nn.Sequential:
-    """Build architecture ``name`` for inputs ``input_shape`` (without batch) and ``n_classes``."""
+_IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
+
+
+def build_model(name: str, input_shape: Sequence[int], n_classes: int) -> nn.Module:
+    """Build architecture ``name`` for inputs ``input_shape`` (without batch) and ``n_classes``.
+
+    ``name`` is a registered architecture or an import path ``package.module:function`` (the
+    module importable from ``sys.path``), called as ``function(input_shape, n_classes)``.
+    """
     if n_classes < 2:
         raise ValueError(f"n_classes must be >= 2, got {n_classes}")
-    return ARCHITECTURES.create(name, tuple(int(s) for s in input_shape), int(n_classes))
+    shape = tuple(int(s) for s in input_shape)
+    if ":" in name:
+        return _build_from_import_path(name, shape, int(n_classes))
+    return ARCHITECTURES.create(name, shape, int(n_classes))
+
+
+def _build_from_import_path(path: str, input_shape: tuple[int, ...], n_classes: int) -> nn.Module:
+    if not _IMPORT_PATH.match(path):
+        raise ValueError(f"architecture {path!r} is not an import path 'package.module:function'")
+    module_name, _, attribute = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        raise ValueError(f"architecture {path!r}: cannot import module {module_name!r} ({error}); "
+                         "is it installed or on PYTHONPATH?") from None
+    constructor = module.__dict__.get(attribute)
+    if constructor is None:
+        raise ValueError(f"architecture {path!r}: module {module_name!r} has no attribute {attribute!r}")
+    if not callable(constructor):
+        raise ValueError(f"architecture {path!r}: {attribute!r} is not callable")
+    model = constructor(input_shape, n_classes)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"architecture {path!r} returned {type(model).__name__}, not an nn.Module")
+    return model
 
 
 def _need_image(name: str, input_shape: tuple[int, ...], multiple: int) -> tuple[int, int, int]:

@@ -1,4 +1,18 @@
-"""YAML run configurations as typed, frozen dataclasses; unknown keys are errors."""
+"""YAML run configurations as typed, frozen dataclasses; unknown keys are errors.
+
+A config holds the run's common keys (data, model, guarantee, radius, epochs, learning rate),
+an ``optimizer`` section, an ``ema`` section and one section for its training method, under
+the method's name (``gloro:``, ``crown-ibp:``; :mod:`relaxplug.training.methods`)::
+
+    method: gloro
+    guarantee: "rtk:2"
+    eps: 0.3
+    gloro: {loss: trades, trades_lambda: "0.01 -> 1.2 log half", power_iterations: 2}
+    optimizer: {name: nadam, lookahead_k: 5, clip_grad_norm: 10.0, warmup_epochs: 2}
+    ema: {decay: 0.999}
+
+Overrides are ``key=value`` or ``section.key=value`` (values parsed as YAML).
+"""
 
 from __future__ import annotations
 
@@ -11,33 +25,95 @@ from typing import Any, Sequence
 
 import yaml
 
+from relaxplug.training.methods import METHODS, RunSettings
+from relaxplug.training.optim import OPTIMIZERS
 from relaxplug.training.schedules import parse_schedule
 
-__all__ = ["TrainConfig", "load_config", "apply_overrides", "config_to_dict"]
+__all__ = ["EMASection", "OptimizerSection", "TrainConfig", "apply_overrides", "config_to_dict", "load_config"]
 
-LOSSES = ("ce", "trades")
-METHODS = ("gloro", "natural", "crown-ibp")
-CROWN_IBP_GUARANTEES = ("standard", "igrp")
+
+def _positive_int(value: object, name: str, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _number(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class OptimizerSection:
+    """``name``: sgd, adam or nadam (``momentum`` for sgd; ``weight_decay`` L2 decay);
+    Lookahead with ``lookahead_k`` fast steps (0: off) and slow step ``lookahead_alpha``;
+    ``clip_grad_norm``: clip the gradient's global L2 norm (None: off); ``warmup_epochs``:
+    linear learning-rate warm-up per batch (:mod:`relaxplug.training.optim`)."""
+
+    name: str = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    lookahead_k: int = 0
+    lookahead_alpha: float = 0.5
+    clip_grad_norm: float | None = None
+    warmup_epochs: int = 0
+
+    def __post_init__(self) -> None:
+        if self.name not in OPTIMIZERS:
+            raise ValueError(f"optimizer.name must be one of {OPTIMIZERS}, got {self.name!r}")
+        _number(self.momentum, "optimizer.momentum")
+        if _number(self.weight_decay, "optimizer.weight_decay") < 0:
+            raise ValueError(f"optimizer.weight_decay must be >= 0, got {self.weight_decay!r}")
+        _positive_int(self.lookahead_k, "optimizer.lookahead_k", 0)
+        if not 0.0 < _number(self.lookahead_alpha, "optimizer.lookahead_alpha") <= 1.0:
+            raise ValueError(f"optimizer.lookahead_alpha must be in (0, 1], got {self.lookahead_alpha!r}")
+        if self.clip_grad_norm is not None and _number(self.clip_grad_norm, "optimizer.clip_grad_norm") <= 0:
+            raise ValueError(f"optimizer.clip_grad_norm must be > 0, got {self.clip_grad_norm!r}")
+        _positive_int(self.warmup_epochs, "optimizer.warmup_epochs", 0)
+
+
+@dataclass(frozen=True)
+class EMASection:
+    """``decay``: keep an exponential moving average of the weights with this decay (None: off);
+    the checkpoint's model is then the average, certified with its own bound."""
+
+    decay: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.decay is not None and not 0.0 < _number(self.decay, "ema.decay") < 1.0:
+            raise ValueError(f"ema.decay must be in (0, 1), got {self.decay!r}")
+
+
+SECTIONS = {"optimizer": OptimizerSection, "ema": EMASection}
+
+
+def _section(cls: type, value: Any, name: str) -> Any:
+    """A section from a mapping (unknown keys are errors), or the instance itself."""
+    if isinstance(value, cls):
+        return value
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise ValueError(f"section {name!r} must be a mapping of keys to values, got {value!r}")
+    known = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(value) - set(known))
+    if unknown:
+        raise ValueError(f"section {name!r}: unknown key(s) {unknown}; known keys: {known}")
+    return cls(**value)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """A training run. Schedules use Table F1's notation (``relaxplug.training.schedules``).
 
-    ``method``: ``gloro`` (GloRo-instrumented certified training for ``guarantee`` at ``eps``),
-    ``natural`` (plain cross-entropy, e.g. to derive IGRP groups from the weights) or
-    ``crown-ibp`` (CROWN-IBP bounds through auto_LiRPA, Zhang et al. 2020; guarantees ``standard``
-    and ``igrp``; norm ``inf`` or ``2``; :mod:`relaxplug.training.crown_ibp`).
+    ``method``: a registered training method (``gloro``, ``crown-ibp``, ``natural``); its
+    settings are ``method_options`` (YAML: the section named after the method).
+    ``architecture``: a registered name or an import path ``package.module:function``.
     ``sets``/``grouping``/``sets_file``: affinity sets (or IGRP groups) for a bare
-    ``affinity``/``superclass``/``igrp`` guarantee, given inline, by the name of a data set's
-    built-in grouping (e.g. ``coarse`` for CIFAR-100), or as a YAML file (e.g. written by
-    ``relaxplug groups``); at most one of the three.
-    IGRP (``guarantee: igrp``, methods ``gloro`` and ``crown-ibp``): ``eps`` is the outer radius
-    (between groups) and ``eps_in <= eps`` the inner one.
-    CROWN-IBP schedule: ``warmup_epochs`` natural epochs, then ``eps`` (and ``eps_in``) ramp
-    linearly per batch over ``eps_ramp_epochs`` while ``kappa`` (natural-loss weight) and
-    ``beta`` (CROWN-IBP weight in the CROWN-IBP/IBP bound mix) go from start to end; both
-    default to ``"1 -> 0"``. ``loss``, ``trades_lambda`` and ``power_iterations`` are GloRo's.
+    ``affinity``/``superclass``/``igrp`` guarantee, inline, by the name of a data set's built-in
+    grouping (e.g. ``coarse`` for CIFAR-100), or as a YAML file; at most one of the three.
+    IGRP (``guarantee: igrp``): ``eps`` is the outer radius, ``eps_in <= eps`` the inner one.
+    ``eps_min``/``eps_ramp_epochs``: the training radius ramps from ``eps_min`` to ``eps``.
     """
 
     name: str = "run"
@@ -49,95 +125,69 @@ class TrainConfig:
     guarantee: str = "standard"
     sets: tuple | None = None
     grouping: str | None = None
+    sets_file: str | None = None
     eps: float = 0.3
+    eps_in: float | None = None
+    eps_min: float = 0.0
+    eps_ramp_epochs: int = 0
     norm: float = 2.0
     epochs: int = 40
     batch_size: int = 128
     lr: str = "1e-3 -> 1e-6 after half"
-    loss: str = "trades"
-    trades_lambda: str = "0.01 -> 1.2 log half"
-    eps_ramp_epochs: int = 0
-    power_iterations: int = 2
     seed: int = 0
     device: str = "auto"
     out_dir: str | None = None
     limit_train: int | None = None
     num_workers: int = 0
-    eps_in: float | None = None
-    sets_file: str | None = None
-    warmup_epochs: int = 0
-    kappa: str | None = None
-    beta: str | None = None
+    optimizer: OptimizerSection = field(default_factory=OptimizerSection)
+    ema: EMASection = field(default_factory=EMASection)
+    method_options: Any = None
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
-        if not (isinstance(self.eps, (int, float)) and self.eps >= 0):
+        if not (isinstance(self.eps, (int, float)) and not isinstance(self.eps, bool) and self.eps >= 0):
             raise ValueError(f"eps must be a number >= 0, got {self.eps!r}")
-        norm = _parse_norm_value(self.norm)
-        object.__setattr__(self, "norm", norm)
-        if self.method == "crown-ibp":
-            if norm not in (2.0, math.inf):
-                raise ValueError(f"CROWN-IBP training supports norm 2 or inf, got {self.norm!r}")
-        elif norm != 2.0:
-            raise ValueError("GloRo training bounds L2 Lipschitz constants: norm must be 2")
-        for name in ("epochs", "batch_size", "power_iterations"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.eps_ramp_epochs < 0 or self.eps_ramp_epochs > self.epochs:
+        object.__setattr__(self, "norm", _parse_norm_value(self.norm))
+        _positive_int(self.epochs, "epochs")
+        _positive_int(self.batch_size, "batch_size")
+        if isinstance(self.eps_ramp_epochs, bool) or not isinstance(self.eps_ramp_epochs, int) \
+                or not 0 <= self.eps_ramp_epochs <= self.epochs:
             raise ValueError(f"eps_ramp_epochs must be in [0, epochs], got {self.eps_ramp_epochs}")
+        if not 0 <= _number(self.eps_min, "eps_min") <= self.eps:
+            raise ValueError(f"eps_min must be in [0, eps={self.eps}], got {self.eps_min!r}")
         parse_schedule(self.lr)
-        parse_schedule(self.trades_lambda)
         if self.sets is not None:
             object.__setattr__(self, "sets", tuple(tuple(int(c) for c in s) for s in self.sets))
-        self._check_groups_and_crown_ibp()
+        for name, cls in SECTIONS.items():
+            object.__setattr__(self, name, _section(cls, getattr(self, name), name))
+        method = METHODS.get(self.method)
+        object.__setattr__(self, "method_options", _section(method.Section, self.method_options, self.method))
+        self._check_groups()
+        method.check(self.method_options, self.run_settings)
 
-    def _check_groups_and_crown_ibp(self) -> None:
-        """Validate the keys of IGRP and CROWN-IBP runs (and reject them elsewhere)."""
+    def _check_groups(self) -> None:
+        """Validate the keys of IGRP runs (and reject them elsewhere)."""
         given = [k for k in ("sets", "grouping", "sets_file") if getattr(self, k) is not None]
         if len(given) > 1:
             raise ValueError(f"give at most one of sets, grouping and sets_file, got {given}")
         kind, _, argument = str(self.guarantee).strip().partition(":")
-        if kind.lower() == "igrp":
+        if kind.lower() == "igrp" and METHODS.get(self.method).needs_guarantee:
             if argument:
                 raise ValueError("in a config IGRP is 'guarantee: igrp' with its groups in sets/sets_file/grouping, "
                                  f"eps (outer radius) and eps_in (inner radius); got guarantee {self.guarantee!r}")
-            if self.method == "natural":
-                raise ValueError("guarantee igrp needs method gloro or crown-ibp")
             if not given:
                 raise ValueError("guarantee igrp needs groups: give sets, sets_file or grouping")
             if self.eps_in is None:
                 raise ValueError("guarantee igrp needs eps_in (inner radius; eps is the outer radius)")
             if isinstance(self.eps_in, bool) or not isinstance(self.eps_in, (int, float)) or not 0 <= self.eps_in <= self.eps:
                 raise ValueError(f"eps_in must be a number in [0, eps={self.eps}], got {self.eps_in!r}")
-        elif self.eps_in is not None:
+        elif kind.lower() != "igrp" and self.eps_in is not None:
             raise ValueError(f"eps_in is IGRP's inner radius; guarantee {self.guarantee!r} takes only eps")
-        if isinstance(self.warmup_epochs, bool) or not isinstance(self.warmup_epochs, int) or self.warmup_epochs < 0:
-            raise ValueError(f"warmup_epochs must be an integer >= 0, got {self.warmup_epochs!r}")
-        if self.method == "crown-ibp":
-            if kind.lower() not in CROWN_IBP_GUARANTEES:
-                raise ValueError(f"method crown-ibp trains the guarantees {CROWN_IBP_GUARANTEES}, got {self.guarantee!r}")
-            if self.warmup_epochs + self.eps_ramp_epochs > self.epochs:
-                raise ValueError(f"warmup_epochs + eps_ramp_epochs ({self.warmup_epochs} + {self.eps_ramp_epochs}) "
-                                 f"exceeds epochs ({self.epochs})")
-            for name in ("kappa", "beta"):
-                value = getattr(self, name)
-                if value is None:
-                    continue
-                schedule = parse_schedule(value)
-                if schedule.span != "full":
-                    raise ValueError(f"{name} follows the eps ramp: give 'START -> END' without 'half', got {value!r}")
-                if not (0.0 <= schedule.start <= 1.0 and 0.0 <= schedule.end <= 1.0):
-                    raise ValueError(f"{name} is a weight in [0, 1], got {value!r}")
-        else:
-            extra = [k for k in ("kappa", "beta") if getattr(self, k) is not None]
-            if self.warmup_epochs:
-                extra.append("warmup_epochs")
-            if extra:
-                raise ValueError(f"{extra} are CROWN-IBP settings; they need method crown-ibp (got {self.method!r})")
+
+    @property
+    def run_settings(self) -> RunSettings:
+        """What the training method reads of the common keys."""
+        return RunSettings(eps=float(self.eps), epochs=self.epochs, norm=self.norm, guarantee=str(self.guarantee),
+                           eps_min=float(self.eps_min), eps_ramp_epochs=self.eps_ramp_epochs)
 
     @property
     def output_dir(self) -> Path:
@@ -158,48 +208,79 @@ def _parse_norm_value(norm: object) -> float:
     return float(norm)
 
 
-def _check_keys(data: dict, source: str) -> None:
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"{source}: unknown config key(s) {unknown}; known keys: {sorted(known)}")
+_COMMON = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name != "method_options")
+
+
+def _owner_of(key: str) -> str | None:
+    """The method whose section has ``key`` (for a clear error on a misplaced key)."""
+    for name in METHODS.names():
+        if key in {f.name for f in dataclasses.fields(METHODS.get(name).Section)}:
+            return name
+    return None
 
 
 def _from_mapping(data: dict, source: str) -> TrainConfig:
-    _check_keys(data, source)
-    return TrainConfig(**data)
+    data = dict(data)
+    method = data.get("method", TrainConfig.method)
+    if not isinstance(method, str):
+        raise ValueError(f"{source}: method must be a name, got {method!r}")
+    METHODS.get(method)
+    options = data.pop(method, None)
+    unknown = sorted(set(data) - set(_COMMON))
+    for key in unknown:
+        if key in METHODS:
+            raise ValueError(f"{source}: section {key!r} is for method {key}, but the method is {method!r}")
+        owner = _owner_of(key)
+        if owner is not None:
+            raise ValueError(f"{source}: {key!r} is a setting of method {owner}: write it in the section "
+                             f"'{owner}:' (e.g. '{owner}: {{{key}: ...}}')")
+    if unknown:
+        raise ValueError(f"{source}: unknown config key(s) {unknown}; known keys: "
+                         f"{sorted(_COMMON)} and the section {method!r}")
+    return TrainConfig(**data, method_options=options)
 
 
 def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> TrainConfig:
-    """Read a YAML config and apply ``key=value`` overrides (values parsed as YAML)."""
+    """Read a YAML config and apply ``key=value`` / ``section.key=value`` overrides."""
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"config file not found: {file}")
     data = yaml.safe_load(file.read_text()) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{file}: a config is a mapping of keys to values")
-    data = _merge_overrides(data, overrides)
-    return _from_mapping(data, str(file))
+    return _from_mapping(_merge_overrides(data, overrides), str(file))
 
 
 def _merge_overrides(data: dict, overrides: Sequence[str]) -> dict:
     data = dict(data)
     for item in overrides:
         key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"override must look like key=value, got {item!r}")
-        _check_keys({key.strip(): None}, f"--set {item}")
-        data[key.strip()] = yaml.safe_load(value)
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"override must look like key=value or section.key=value, got {item!r}")
+        section, dot, sub = key.partition(".")
+        if dot:
+            current = data.get(section) or {}
+            if not isinstance(current, dict):
+                raise ValueError(f"--set {item}: {section!r} is not a section")
+            data[section] = {**current, sub: yaml.safe_load(value)}
+        else:
+            data[key] = yaml.safe_load(value)
     return data
 
 
 def apply_overrides(config: TrainConfig, overrides: Sequence[str]) -> TrainConfig:
-    """Return ``config`` with ``key=value`` overrides applied."""
+    """Return ``config`` with ``key=value`` / ``section.key=value`` overrides applied."""
     return _from_mapping(_merge_overrides(config_to_dict(config), overrides), "overrides")
 
 
 def config_to_dict(config: TrainConfig) -> dict[str, Any]:
-    data = dataclasses.asdict(config)
+    """The config as YAML-ready data (the method's section under the method's name)."""
+    data = {name: getattr(config, name) for name in _COMMON}
+    for name in SECTIONS:
+        data[name] = dataclasses.asdict(data[name])
+    data["dataset_options"] = dict(config.dataset_options)
     if data["sets"] is not None:
         data["sets"] = [list(s) for s in data["sets"]]
+    data[config.method] = dataclasses.asdict(config.method_options)
     return data

@@ -1,11 +1,12 @@
-"""Training loop: GloRo-instrumented certified training, CROWN-IBP training or natural training.
+"""The training loop of ``relaxplug train``: data, optimizer, schedules, checkpoints.
 
-Per batch (Leino et al. 2021): ``power_iterations`` power iterations per layer from persistent
-vectors give a differentiable body bound ``L``; ``K_ji = L ||w_j - w_i||``; the guarantee's
-margin ``m`` gives the instrumented output ``g`` (Equation B2) and the loss (cross-entropy or
-TRADES). With ``method: crown-ibp`` the loss is CROWN-IBP's on auto_LiRPA bounds (standard or
-IGRP, :mod:`relaxplug.training.crown_ibp`), its eps ramp and kappa/beta schedules per batch.
-Checkpoints are written atomically after every epoch and runs resume from them.
+What a batch's loss is belongs to the run's training method (:mod:`relaxplug.training.methods`:
+GloRo through :class:`relaxplug.GloRoNet`, CROWN-IBP, natural); the loop only steps the
+optimizer (Adam, SGD or NAdam, optionally inside Lookahead, with gradient clipping and a
+learning-rate warm-up, :mod:`relaxplug.training.optim`) and keeps an EMA of the weights when
+asked. Checkpoints are written atomically after every epoch and runs resume from them; with
+EMA the checkpoint's model is the averaged one (certified with its own Lipschitz bound) and
+the raw weights travel in its state for resuming.
 """
 
 from __future__ import annotations
@@ -18,19 +19,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Subset
-from tqdm.auto import tqdm
+from tqdm import tqdm  # tqdm.auto would call iter(loader) once more per epoch (an extra shuffle draw)
 
 from relaxplug.adapters import Guarantee, load_sets, resolve_guarantee
-from relaxplug.models.checkpoint import load_checkpoint, save_checkpoint
-from relaxplug.training.config import TrainConfig, config_to_dict
-from relaxplug.lipschitz import LipschitzEstimator, head_distances
+from relaxplug.data import load_dataset
+from relaxplug.lipschitz import head_distances
 from relaxplug.models.architectures import build_model
+from relaxplug.models.checkpoint import load_checkpoint, save_checkpoint
 from relaxplug.runtime import resolve_device, seed_everything
-
-from relaxplug.training.losses import gloro_cross_entropy, gloro_trades, guarantee_margin, instrumented_logits
+from relaxplug.training.config import TrainConfig, config_to_dict
+from relaxplug.training.losses import gloro_instrumented, gloro_loss
+from relaxplug.training.methods import METHODS, TrainingMethod
+from relaxplug.training.optim import Lookahead, WeightEMA, build_optimizer, warmup_factor
 from relaxplug.training.schedules import parse_schedule
 
 __all__ = ["train", "TrainResult", "resolve_training_guarantee", "gloro_step_loss", "guarantee_name"]
@@ -73,31 +75,6 @@ def resolve_training_guarantee(config: TrainConfig, data) -> tuple[Guarantee, tu
     return guarantee, (tuple(tuple(s) for s in stored) if stored is not None else None)
 
 
-def gloro_step_loss(
-    model: nn.Module,
-    estimator: LipschitzEstimator,
-    guarantee: Guarantee,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    eps: float,
-    loss: str,
-    trades_lambda: float,
-    power_iterations: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Loss of one GloRo training step; returns ``(loss, logits, instrumented logits)``."""
-    logits = model(x)
-    body = estimator.power(power_iterations)
-    head = estimator.head.weight
-    pair_lipschitz = body * head_distances(head)
-    margin = guarantee_margin(logits, pair_lipschitz, eps, guarantee)
-    instrumented = instrumented_logits(logits, margin)
-    if loss == "trades":
-        value = gloro_trades(logits, instrumented, y, trades_lambda)
-    else:
-        value = gloro_cross_entropy(instrumented, y)
-    return value, logits, instrumented
-
-
 def _metadata(config: TrainConfig, data, guarantee: Guarantee | None, sets, epoch: int) -> dict[str, Any]:
     return {
         "architecture": config.architecture,
@@ -105,7 +82,7 @@ def _metadata(config: TrainConfig, data, guarantee: Guarantee | None, sets, epoc
         "n_classes": int(data.n_classes),
         "dataset": data.name,
         "class_names": list(data.class_names),
-        "guarantee": guarantee_name(config) if config.method != "natural" else None,
+        "guarantee": guarantee_name(config) if guarantee is not None else None,
         "guarantee_repr": repr(guarantee) if guarantee is not None else None,
         "sets": [list(s) for s in sets] if sets else None,
         "eps": float(config.eps),
@@ -113,15 +90,21 @@ def _metadata(config: TrainConfig, data, guarantee: Guarantee | None, sets, epoc
         "norm": float(config.norm),
         "normalization": None,
         "method": config.method,
+        "ema_decay": config.ema.decay,
         "epoch": epoch,
         "config": config_to_dict(config),
     }
 
 
+def _optimizer(config: TrainConfig, module: nn.Module, lr: float):
+    section = config.optimizer
+    inner = build_optimizer(section.name, module.parameters(), lr, momentum=section.momentum,
+                            weight_decay=section.weight_decay)
+    return Lookahead(inner, section.lookahead_k, section.lookahead_alpha) if section.lookahead_k else inner
+
+
 def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> TrainResult:
     """Train per ``config``; checkpoints go to ``config.output_dir / "checkpoint.pt"``."""
-    from relaxplug.data import load_dataset
-
     device = resolve_device(config.device)
     generator = seed_everything(config.seed)
     data = load_dataset(config.dataset, config.data_root, **config.dataset_options)
@@ -133,22 +116,14 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> Tr
         num_workers=config.num_workers, drop_last=False,
     )
     model = build_model(config.architecture, data.input_shape, data.n_classes).to(device)
-    guarantee, sets = (None, None)
-    estimator = None
-    crown_ibp = None
-    if config.method in ("gloro", "crown-ibp"):
-        guarantee, sets = resolve_training_guarantee(config, data)
-    if config.method == "gloro":
-        estimator = LipschitzEstimator(model, data.input_shape)
-    elif config.method == "crown-ibp":
-        from relaxplug.training.crown_ibp import CrownIBPLoss, CrownIBPSchedule
-
-        schedule = CrownIBPSchedule.parse(config.warmup_epochs, config.eps_ramp_epochs, config.kappa, config.beta)
-        example = train_set[0][0][None].to(device)
-        crown_ibp = CrownIBPLoss(model, guarantee, config.eps, config.norm, schedule, example, data.n_classes)
+    method_class = METHODS.get(config.method)
+    guarantee, sets = resolve_training_guarantee(config, data) if method_class.needs_guarantee else (None, None)
+    example = train_set[0][0][None].to(device)
+    method: TrainingMethod = method_class(model, guarantee, config.method_options, config.run_settings,
+                                          example, data.n_classes)
     lr_schedule = parse_schedule(config.lr)
-    lam_schedule = parse_schedule(config.trades_lambda)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr_schedule(0, config.epochs))
+    optimizer = _optimizer(config, method.module, lr_schedule(0, config.epochs))
+    ema = WeightEMA(model, config.ema.decay) if config.ema.decay is not None else None
 
     out_dir = config.output_dir
     checkpoint_path = out_dir / "checkpoint.pt"
@@ -160,12 +135,13 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> Tr
             raise ValueError(
                 f"{checkpoint_path} was written by a different config; use another out_dir or resume=False"
             )
-        model.load_state_dict(loaded.model.state_dict())
         state = loaded.state or {}
+        model.load_state_dict(state["training_model"] if "training_model" in state else loaded.model.state_dict())
         if "optimizer" in state:
             optimizer.load_state_dict(state["optimizer"])
-        if estimator is not None and "lipschitz_vectors" in state:
-            estimator.load_state_dict(state["lipschitz_vectors"])
+        method.load_state_dict(state.get("method", {}))
+        if ema is not None and "ema" in state:
+            ema.load_state_dict(state["ema"])
         if "rng" in state:
             torch.set_rng_state(state["rng"])
             generator.set_state(state["loader_rng"])
@@ -173,66 +149,74 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> Tr
         start_epoch = int(loaded.metadata["epoch"])
         logger.info("resuming %s at epoch %d", checkpoint_path, start_epoch)
 
+    warmup = config.optimizer.warmup_epochs
+    clip = config.optimizer.clip_grad_norm
     for epoch in range(start_epoch, config.epochs):
         lr = lr_schedule(epoch, config.epochs)
-        lam = lam_schedule(epoch, config.epochs)
-        eps = config.eps
-        if config.eps_ramp_epochs and config.method == "gloro":
-            eps = config.eps * min(1.0, (epoch + 1) / config.eps_ramp_epochs)
-        mixing: dict[str, float] = {}
         for group in optimizer.param_groups:
             group["lr"] = lr
-        model.train()
+        figures = method.begin_epoch(epoch)
+        method.module.train()
         totals = {"loss": 0.0, "correct": 0, "robust_correct": 0, "count": 0}
         start = time.perf_counter()
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
         for batch_index, (x, y) in enumerate(bar):
             x, y = x.to(device), y.to(device)
-            if crown_ibp is not None:
-                out = crown_ibp(x, y, epoch * len(loader) + batch_index, len(loader))
-                loss, logits, robust = out.loss, out.logits, out.bound_correct
-                eps, mixing = out.eps, {"kappa": out.kappa, "beta": out.beta}
-            elif config.method == "gloro":
-                loss, logits, instrumented = gloro_step_loss(
-                    model, estimator, guarantee, x, y, eps, config.loss, lam, config.power_iterations
-                )
-                robust = (instrumented.argmax(1) == y).sum().item()
-            else:
-                logits = model(x)
-                loss = F.cross_entropy(logits, y)
-                robust = 0
+            step = epoch * len(loader) + batch_index
+            if warmup:
+                for group in optimizer.param_groups:
+                    group["lr"] = lr * warmup_factor(step, len(loader), warmup)
+            out = method.step(x, y, step, len(loader))
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            out.loss.backward()
+            if clip is not None:
+                torch.nn.utils.clip_grad_norm_(method.module.parameters(), clip)
             optimizer.step()
-            totals["loss"] += loss.item() * len(y)
-            totals["correct"] += (logits.argmax(1) == y).sum().item()
-            totals["robust_correct"] += robust
+            if ema is not None:
+                ema.update(model)
+            totals["loss"] += out.loss.item() * len(y)
+            totals["correct"] += (out.logits.argmax(1) == y).sum().item()
+            totals["robust_correct"] += out.robust_correct
             totals["count"] += len(y)
-            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+            figures.update(out.figures)
+            bar.set_postfix(loss=f"{out.loss.item():.3f}", refresh=False)
         record = {
             "epoch": epoch + 1,
             "lr": lr,
-            "trades_lambda": lam if config.loss == "trades" else None,
-            "eps": eps,
+            **figures,
             "loss": totals["loss"] / totals["count"],
             "train_accuracy": totals["correct"] / totals["count"],
             "train_instrumented_accuracy": totals["robust_correct"] / totals["count"],
             "seconds": time.perf_counter() - start,
-            **mixing,  # crown-ibp: kappa and beta of the epoch's last batch
         }
         history.append(record)
         logger.info("epoch %d: %s", epoch + 1, record)
         state = {
             "optimizer": optimizer.state_dict(),
-            "lipschitz_vectors": estimator.state_dict() if estimator is not None else {},
+            "method": method.state_dict(),
             "rng": torch.get_rng_state(),
             "loader_rng": generator.get_state(),
             "history": json.dumps(history),
         }
-        save_checkpoint(checkpoint_path, model, _metadata(config, data, guarantee, sets, epoch + 1), state)
+        if ema is not None:
+            state["ema"] = ema.state_dict()
+            state["training_model"] = model.state_dict()
+        saved = ema.model if ema is not None else model
+        save_checkpoint(checkpoint_path, saved, _metadata(config, data, guarantee, sets, epoch + 1), state)
 
     model.eval()
     metadata = _metadata(config, data, guarantee, sets, config.epochs)
     if not checkpoint_path.is_file():
         save_checkpoint(checkpoint_path, model, metadata, None)
-    return TrainResult(model=model, checkpoint=checkpoint_path, history=history, metadata=metadata)
+    final = ema.model if ema is not None else model
+    return TrainResult(model=final, checkpoint=checkpoint_path, history=history, metadata=metadata)
+
+
+def gloro_step_loss(model: nn.Module, estimator, guarantee: Guarantee, x: torch.Tensor, y: torch.Tensor, eps: float,
+                    loss: str, trades_lambda: float, power_iterations: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One GloRo step's ``(loss, logits, instrumented logits)`` with an estimator's own power
+    vectors (kept for ``benchmarks/gloro_overhead.py``; training uses :class:`relaxplug.GloRoNet`)."""
+    logits = model(x)
+    pair_lipschitz = estimator.power(power_iterations) * head_distances(estimator.head.weight)
+    instrumented = gloro_instrumented(logits, pair_lipschitz, eps, guarantee)
+    return gloro_loss(loss)(instrumented, y, trades_lambda), logits, instrumented

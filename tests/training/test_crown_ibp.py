@@ -1,7 +1,6 @@
 """CROWN-IBP training: bounds on a form sharing the model's parameters, exact on a linear layer,
 sound on nonlinear nets; the losses, schedules, configs and end-to-end runs (standard and IGRP)."""
 
-import dataclasses
 import math
 
 import pytest
@@ -30,7 +29,8 @@ from relaxplug.training.crown_ibp import (  # noqa: E402
     robust_cross_entropy,
     shared_lirpa_form,
 )
-from relaxplug.training.trainer import gloro_step_loss, train  # noqa: E402
+from relaxplug.training.trainer import train  # noqa: E402
+from relaxplug.training.wrapper import GloRoNet  # noqa: E402
 
 GROUPS = ((0, 6), (1, 7), (2, 3, 5, 8, 9), (4,))
 
@@ -187,15 +187,24 @@ def test_loss_is_natural_during_warmup_and_mixes_after():
         CrownIBPLoss(model, rp.adapters.RTK(2), 0.1, math.inf, schedule, x, 10)
 
 
+SECTION_KEYS = ("warmup_epochs", "kappa", "beta")
+
+
 def _config(tmp_path, **kw):
-    base = TrainConfig(name="c", dataset="digits", architecture="mlp", method="crown-ibp", guarantee="standard", eps=0.05,
-                       norm=math.inf, epochs=4, batch_size=64, lr="3e-3", warmup_epochs=1, eps_ramp_epochs=2,
-                       device="cpu", limit_train=320, out_dir=str(tmp_path / "run"))
-    return dataclasses.replace(base, **kw)
+    """A CROWN-IBP run; ``warmup_epochs``/``kappa``/``beta`` go to the method's section."""
+    common = dict(name="c", dataset="digits", architecture="mlp", method="crown-ibp", guarantee="standard", eps=0.05,
+                  norm=math.inf, epochs=4, batch_size=64, lr="3e-3", eps_ramp_epochs=2,
+                  device="cpu", limit_train=320, out_dir=str(tmp_path / "run"))
+    section = {"warmup_epochs": 1} if kw.get("method", "crown-ibp") == "crown-ibp" else {}
+    for key in SECTION_KEYS:
+        if key in kw:
+            section[key] = kw.pop(key)
+    common.update(kw)
+    return TrainConfig(**common, method_options=section)
 
 
 def test_crown_ibp_training_raises_verified_accuracy(tmp_path):
-    natural = train(_config(tmp_path, method="natural", norm=2.0, warmup_epochs=0, eps_ramp_epochs=0,
+    natural = train(_config(tmp_path, method="natural", norm=2.0, eps_ramp_epochs=0,
                             out_dir=str(tmp_path / "nat")), progress=False)
     robust = train(_config(tmp_path, epochs=6), progress=False)
     assert [h["eps"] for h in robust.history][0] == 0.0 and robust.history[-1]["eps"] == pytest.approx(0.05)
@@ -235,14 +244,18 @@ def test_gloro_igrp_variant_trains_on_both_radii(tmp_path):
     est = LipschitzEstimator(model, (1, 8, 8))
     g = IGRP(GROUPS, 0.1, 0.4)
     x, y = torch.rand(16, 1, 8, 8), torch.randint(0, 10, (16,))
-    _, logits, instrumented = gloro_step_loss(model, est, g, x, y, 0.2, "ce", 0.0, 1)
+    net = GloRoNet(model, 0.2, g, input_shape=(1, 8, 8), power_iterations=1)
+    instrumented = net(x)
+    logits = instrumented[:, :-1]
+    est.vectors = {name: getattr(net.power_vectors, f"v{i}") for i, (name, _) in enumerate(est.weighted_layers())}
     pair = est.power(0).detach() * head_distances(est.head.weight.detach())
     half = guarantee_margin(logits.detach(), pair, 0.2, g)
     assert torch.allclose(half, guarantee_margin(logits.detach(), pair, 0.2, IGRP(GROUPS, 0.05, 0.2)))
     assert torch.allclose(instrumented[:, -1], logits.max(1).values - half, atol=1e-5)
     result = train(TrainConfig(name="g", dataset="digits", architecture="mlp", guarantee="igrp", sets=GROUPS, eps=0.4,
-                               eps_in=0.1, epochs=2, batch_size=64, lr="1e-3", loss="ce", device="cpu", limit_train=128,
-                               eps_ramp_epochs=2, out_dir=str(tmp_path / "g")), progress=False)
+                               eps_in=0.1, epochs=2, batch_size=64, lr="1e-3", device="cpu", limit_train=128,
+                               eps_ramp_epochs=2, out_dir=str(tmp_path / "g"), method_options={"loss": "ce"}),
+                   progress=False)
     assert load_checkpoint(result.checkpoint).metadata["guarantee"] == "igrp:0.1,0.4"
     assert [h["eps"] for h in result.history] == [pytest.approx(0.2), pytest.approx(0.4)]
 
@@ -259,8 +272,9 @@ def test_gloro_igrp_variant_trains_on_both_radii(tmp_path):
     ({"kappa": "1 -> 0 half"}, "follows the eps ramp"),
     ({"beta": "2 -> 0"}, r"weight in \[0, 1\]"),
     ({"norm": 1.0}, "norm 2 or inf"),
-    ({"method": "gloro", "norm": 2.0, "kappa": "1 -> 0"}, "need method crown-ibp"),
-    ({"method": "gloro", "norm": 2.0, "warmup_epochs": 1}, "need method crown-ibp"),
+    ({"method": "gloro", "norm": 2.0, "kappa": "1 -> 0"}, r"section 'gloro': unknown key\(s\) \['kappa'\]"),
+    ({"method": "gloro", "norm": 2.0, "warmup_epochs": 1}, r"section 'gloro': unknown key\(s\) \['warmup_epochs'\]"),
+    ({"method": "gloro", "norm": math.inf}, "method gloro trains for norm 2"),
     ({"method": "natural", "norm": 2.0, "guarantee": "igrp", "eps_in": 0.01, "sets": [[0]]}, "gloro or crown-ibp"),
 ])
 def test_config_errors(tmp_path, overrides, message):

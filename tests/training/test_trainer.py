@@ -12,15 +12,17 @@ from relaxplug.training.config import TrainConfig
 from relaxplug.lipschitz import LipschitzEstimator, head_distances
 from relaxplug.models.architectures import build_model
 from relaxplug.training.losses import guarantee_margin, instrumented_logits
-from relaxplug.training.trainer import gloro_step_loss, train
+from relaxplug.training.trainer import train
+from relaxplug.training.wrapper import GloRoNet
 
 
 def _config(tmp_path, **kw):
-    base = TrainConfig(
+    common = dict(
         name="t", dataset="synthetic2d", architecture="mlp", guarantee="rtk:2", eps=0.1, epochs=3,
-        batch_size=64, lr="1e-2 -> 1e-3 after half", loss="trades", device="cpu", out_dir=str(tmp_path / "run"),
+        batch_size=64, lr="1e-2 -> 1e-3 after half", device="cpu", out_dir=str(tmp_path / "run"),
+        method_options={"loss": "trades"} if kw.get("method", "gloro") == "gloro" else None,
     )
-    return dataclasses.replace(base, **kw)
+    return TrainConfig(**{**common, **kw})
 
 
 @pytest.mark.parametrize("guarantee", [Standard(), RTK(3), Affinity([[0, 1], [1, 2, 3]])])
@@ -49,9 +51,10 @@ def test_instrumented_bottom_wins_exactly_when_margin_negative():
 def test_gloro_step_has_finite_gradients():
     torch.manual_seed(0)
     model = build_model("digits_cnn", (1, 8, 8), 10)
-    est = LipschitzEstimator(model, (1, 8, 8))
-    loss, _, g = gloro_step_loss(model, est, RTK(2), torch.rand(16, 1, 8, 8), torch.randint(0, 10, (16,)), 0.3, "trades", 1.0, 2)
-    loss.backward()
+    net = GloRoNet(model, 0.3, RTK(2), input_shape=(1, 8, 8), loss="trades")
+    x, y = torch.rand(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    g = net(x)
+    net.criterion(g, y).backward()
     grads = [p.grad for p in model.parameters()]
     assert all(gr is not None and torch.isfinite(gr).all() for gr in grads)
     assert g.shape == (16, 11)

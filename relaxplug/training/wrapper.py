@@ -1,0 +1,134 @@
+"""``GloRoNet``: GloRo certified training for a user's own model in the user's own loop.
+
+``GloRoNet(model, eps, guarantee, input_shape=...)`` wraps any model the Lipschitz estimator
+supports (a body of supported layers ending in the ``nn.Linear`` logit layer). In train mode
+``forward(x)`` returns the instrumented logits ``g(x)`` of Equation B2 (``(B, n + 1)``, the
+guarantee's margin ``m`` from Lipschitz margins ``f_j - f_i - eps K_ji``), with
+
+    K_ji = L_body * ||w_j - w_i||,
+
+``L_body`` the product of per-layer spectral norms estimated by ``power_iterations`` steps of
+power iteration per layer from persistent vectors (Leino et al. 2021). The vectors are buffers
+of the wrapper, so ``state_dict``, ``torch.save``, ``.to(device)``, ``copy.deepcopy`` (EMA
+copies) and DDP's buffer broadcast carry them. Power iteration converges from below: the
+training bound is an estimate, never a certificate. ``certify(x)`` certifies with the sound
+bound (:func:`relaxplug.certify` with certifier ``gloro``). In eval mode ``forward`` returns
+the plain logits ``f(x)``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from relaxplug.adapters import Guarantee, resolve_guarantee
+from relaxplug.adapters.certificate import Certificate
+from relaxplug.certifiers.certify import certify
+from relaxplug.lipschitz import LipschitzEstimator, UnsupportedLayerError, estimator_for, head_distances
+from relaxplug.training.losses import gloro_instrumented, gloro_loss
+
+__all__ = ["GloRoNet"]
+
+
+class GloRoNet(nn.Module):
+    """GloRo-instrumented training wrapper around ``model`` (module docstring).
+
+    Args:
+        model: returns logits ``(B, n)``; a stack of supported layers ending in ``nn.Linear``.
+        eps: training radius (L2); may be changed between steps (``net.eps = ...``) for a ramp.
+        guarantee: a guarantee name (``"rtk:2"``) or instance, built-in or user-registered.
+        input_shape: one input's shape ``(C, H, W)`` or ``(d,)`` (sizes the power vectors).
+        loss: ``"ce"`` or ``"trades"`` (:data:`relaxplug.training.losses.GLORO_LOSSES`).
+        trades_lambda: TRADES weight ``lambda`` (settable per epoch).
+        power_iterations: power-iteration steps per layer and forward pass.
+        sets: sets for a bare ``"affinity"``/``"superclass"``/``"igrp:..."`` guarantee name.
+
+    Shape: ``forward``: ``(B, *input_shape) -> (B, n + 1)`` in train mode, ``(B, n)`` in eval mode.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        eps: float,
+        guarantee: str | Guarantee = "standard",
+        *,
+        input_shape: Sequence[int],
+        loss: str = "ce",
+        trades_lambda: float = 1.0,
+        power_iterations: int = 2,
+        sets: Sequence[Sequence[int]] | None = None,
+    ):
+        super().__init__()
+        if isinstance(power_iterations, bool) or not isinstance(power_iterations, int) or power_iterations < 1:
+            raise ValueError(f"power_iterations must be a positive integer, got {power_iterations!r}")
+        self.model = model
+        self.eps = float(eps)
+        self.guarantee = resolve_guarantee(guarantee, sets=sets)
+        self.input_shape = tuple(int(s) for s in input_shape)
+        self.loss_name = loss
+        self._loss = gloro_loss(loss)
+        self.trades_lambda = float(trades_lambda)
+        self.power_iterations = power_iterations
+        estimator = self._estimator()
+        self.guarantee.validate(estimator.head.out_features)
+        self._layer_names: list[str] = []
+        self.power_vectors = nn.Module()
+        for index, (name, layer) in enumerate(estimator.weighted_layers()):
+            self._layer_names.append(name)
+            self.power_vectors.register_buffer(f"v{index}", _start_vector(layer, estimator.shapes[id(layer)]))
+
+    def _estimator(self) -> LipschitzEstimator:
+        """The model's layer-stack estimator (cached per model, so a deep copy gets its own)."""
+        estimator = estimator_for(self.model, self.input_shape)
+        if not isinstance(estimator, LipschitzEstimator):
+            raise UnsupportedLayerError(
+                f"GloRo training needs a layer stack the power-iteration estimator supports; "
+                f"{type(self.model).__name__} is bounded only by the graph estimator (certification only)"
+            )
+        return estimator
+
+    def pair_lipschitz(self) -> Tensor:
+        """Training estimate ``K (n, n)``: power iteration from the persistent vectors, which it
+        advances (without gradient). Differentiable w.r.t. the weights; not a proof."""
+        estimator = self._estimator()
+        buffers = [getattr(self.power_vectors, f"v{i}") for i in range(len(self._layer_names))]
+        estimator.vectors = dict(zip(self._layer_names, buffers))
+        body = estimator.power(self.power_iterations)
+        with torch.no_grad():
+            for name, buffer in zip(self._layer_names, buffers):
+                buffer.copy_(estimator.vectors[name])
+        return body * head_distances(estimator.head.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        logits = self.model(x)  # (B, n)
+        if not self.training:
+            return logits
+        return gloro_instrumented(logits, self.pair_lipschitz(), self.eps, self.guarantee)  # (B, n + 1)
+
+    def criterion(self, output: Tensor, labels: Tensor) -> Tensor:
+        """The configured loss of a train-mode ``forward`` output ``g(x)`` (use this under DDP:
+        ``net.module.criterion(ddp_net(x), y)``)."""
+        return self._loss(output, labels, self.trades_lambda)
+
+    def loss(self, x: Tensor, labels: Tensor) -> Tensor:
+        """The configured GloRo loss of a batch (train mode; one forward pass)."""
+        if not self.training:
+            raise RuntimeError("GloRoNet.loss needs train mode (call net.train())")
+        return self.criterion(self(x), labels)
+
+    def certify(self, x: Tensor, *, radius: bool = True) -> Certificate:
+        """``rp.certify(model, x, eps, 2, "gloro", guarantee)``: sound bounds, not the estimate."""
+        return certify(self.model, x, self.eps, 2, "gloro", self.guarantee, radius=radius)
+
+    def extra_repr(self) -> str:
+        return f"eps={self.eps}, guarantee={self.guarantee!r}, loss={self.loss_name!r}"
+
+
+def _start_vector(layer: nn.Module, shape: tuple[int, ...]) -> Tensor:
+    """Power iteration's start: a normal draw from a generator seeded 0 (as the estimator's own
+    start), in the layer's input space: ``(in_features,)`` or ``(1, C, H, W)``."""
+    size = (layer.in_features,) if isinstance(layer, nn.Linear) else (1, *shape)
+    draw = torch.randn(size, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    return draw.to(device=layer.weight.device, dtype=layer.weight.dtype)
