@@ -177,11 +177,10 @@ class GloRoMethod(TrainingMethod):
         return StepResult(loss, instrumented[:, :-1], int((instrumented.argmax(1) == y).sum()))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"power_vectors": {k: v.detach().cpu() for k, v in self.net.power_vectors.state_dict().items()}}
+        return {}  # the power-iteration vectors are buffers of the model's layers (its state_dict)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "power_vectors" in state:
-            self.net.power_vectors.load_state_dict(state["power_vectors"])
+        pass
 
 
 @dataclass(frozen=True)

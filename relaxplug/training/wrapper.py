@@ -9,8 +9,8 @@ guarantee's margin ``m`` from Lipschitz margins ``f_j - f_i - eps K_ji``), with
 
 ``L_body`` the product of per-layer spectral norms estimated by ``power_iterations`` steps of
 power iteration per layer from persistent vectors (Leino et al. 2021). The vectors are buffers
-of the wrapper, so ``state_dict``, ``torch.save``, ``.to(device)``, ``copy.deepcopy`` (EMA
-copies) and DDP's buffer broadcast carry them. Power iteration converges from below: the
+of the model's layers (:func:`relaxplug.lipschitz.power_vector`), so ``state_dict``,
+``torch.save``, ``.to(device)``, ``copy.deepcopy`` (EMA copies) and DDP's buffer broadcast carry them. Power iteration converges from below: the
 training bound is an estimate, never a certificate. ``certify(x)`` certifies with the sound
 bound (:func:`relaxplug.certify` with certifier ``gloro``). In eval mode ``forward`` returns
 the plain logits ``f(x)``.
@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from relaxplug.adapters import Guarantee, resolve_guarantee
 from relaxplug.adapters.certificate import Certificate
 from relaxplug.certifiers.certify import certify
-from relaxplug.lipschitz import LipschitzEstimator, UnsupportedLayerError, estimator_for, head_distances
+from relaxplug.lipschitz import LipschitzEstimator, UnsupportedLayerError, estimator_for, head_distances, init_lipschitz_state
 from relaxplug.training.losses import gloro_instrumented, gloro_loss
 
 __all__ = ["GloRoNet"]
@@ -73,33 +73,23 @@ class GloRoNet(nn.Module):
         self.power_iterations = power_iterations
         estimator = self._estimator()
         self.guarantee.validate(estimator.head.out_features)
-        self._layer_names: list[str] = []
-        self.power_vectors = nn.Module()
-        for index, (name, layer) in enumerate(estimator.weighted_layers()):
-            self._layer_names.append(name)
-            self.power_vectors.register_buffer(f"v{index}", _start_vector(layer, estimator.shapes[id(layer)]))
+        init_lipschitz_state(self.model, self.input_shape)
 
     def _estimator(self) -> LipschitzEstimator:
-        """The model's layer-stack estimator (cached per model, so a deep copy gets its own)."""
+        """The model's Lipschitz estimator (cached per model, so a deep copy gets its own)."""
         estimator = estimator_for(self.model, self.input_shape)
-        if not isinstance(estimator, LipschitzEstimator):
+        if estimator.head is None:
             raise UnsupportedLayerError(
-                f"GloRo training needs a layer stack the power-iteration estimator supports; "
-                f"{type(self.model).__name__} is bounded only by the graph estimator (certification only)"
+                f"GloRo training needs the model to end in an nn.Linear logit layer; {type(self.model).__name__} does not"
             )
         return estimator
 
     def pair_lipschitz(self) -> Tensor:
-        """Training estimate ``K (n, n)``: power iteration from the persistent vectors, which it
-        advances (without gradient). Differentiable w.r.t. the weights; not a proof."""
+        """Training estimate ``K (n, n)``: ``power_iterations`` power-iteration steps per layer from
+        the persistent vectors (buffers of the model's layers, which it advances without gradient).
+        Differentiable w.r.t. the weights; not a proof."""
         estimator = self._estimator()
-        buffers = [getattr(self.power_vectors, f"v{i}") for i in range(len(self._layer_names))]
-        estimator.vectors = dict(zip(self._layer_names, buffers))
-        body = estimator.power(self.power_iterations)
-        with torch.no_grad():
-            for name, buffer in zip(self._layer_names, buffers):
-                buffer.copy_(estimator.vectors[name])
-        return body * head_distances(estimator.head.weight)
+        return estimator.power(self.power_iterations) * head_distances(estimator.head.weight)
 
     def forward(self, x: Tensor) -> Tensor:
         logits = self.model(x)  # (B, n)
@@ -124,11 +114,3 @@ class GloRoNet(nn.Module):
 
     def extra_repr(self) -> str:
         return f"eps={self.eps}, guarantee={self.guarantee!r}, loss={self.loss_name!r}"
-
-
-def _start_vector(layer: nn.Module, shape: tuple[int, ...]) -> Tensor:
-    """Power iteration's start: a normal draw from a generator seeded 0 (as the estimator's own
-    start), in the layer's input space: ``(in_features,)`` or ``(1, C, H, W)``."""
-    size = (layer.in_features,) if isinstance(layer, nn.Linear) else (1, *shape)
-    draw = torch.randn(size, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    return draw.to(device=layer.weight.device, dtype=layer.weight.dtype)

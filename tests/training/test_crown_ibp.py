@@ -247,7 +247,6 @@ def test_gloro_igrp_variant_trains_on_both_radii(tmp_path):
     net = GloRoNet(model, 0.2, g, input_shape=(1, 8, 8), power_iterations=1)
     instrumented = net(x)
     logits = instrumented[:, :-1]
-    est.vectors = {name: getattr(net.power_vectors, f"v{i}") for i, (name, _) in enumerate(est.weighted_layers())}
     pair = est.power(0).detach() * head_distances(est.head.weight.detach())
     half = guarantee_margin(logits.detach(), pair, 0.2, g)
     assert torch.allclose(half, guarantee_margin(logits.detach(), pair, 0.2, IGRP(GROUPS, 0.05, 0.2)))

@@ -36,7 +36,14 @@ def _net(guarantee="rtk:2", **kw) -> rp.GloRoNet:
 
 
 def _vectors(net: rp.GloRoNet) -> dict[str, Tensor]:
-    return {k: v.clone() for k, v in net.power_vectors.state_dict().items()}
+    return {k: v.clone() for k, v in net.state_dict().items() if "lipschitz_u_" in k}
+
+
+def _load_vectors(net: rp.GloRoNet, vectors: dict[str, Tensor]) -> None:
+    buffers = dict(net.named_buffers())
+    with torch.no_grad():
+        for key, value in vectors.items():
+            buffers[key].copy_(value)
 
 
 def test_train_mode_returns_instrumented_logits_and_eval_mode_the_plain_logits():
@@ -50,7 +57,7 @@ def test_train_mode_returns_instrumented_logits_and_eval_mode_the_plain_logits()
     assert any(not torch.equal(before[k], after[k]) for k in before)  # the vectors advanced
     # the same output from the public pieces, with the estimate from the vectors as they were
     est = estimator_for(net.model, (1, 8, 8))
-    est.vectors = {name: before[f"v{i}"] for i, (name, _) in enumerate(est.weighted_layers())}
+    _load_vectors(net, before)
     pair = est.power(2) * head_distances(est.head.weight)
     assert torch.allclose(g, gloro_instrumented(net.model(x), pair, 0.3, RTK(2)), atol=1e-6)
     net.eval()
@@ -63,7 +70,7 @@ def test_loss_is_the_configured_one_and_needs_train_mode():
     x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 10, (8,))
     vectors = _vectors(net)
     loss = net.loss(x, y)
-    net.power_vectors.load_state_dict(vectors)
+    _load_vectors(net, vectors)
     assert torch.allclose(loss, gloro_trades(net(x), y, 0.7))
     loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
@@ -78,7 +85,7 @@ def test_power_vectors_travel_with_state_dict_save_dtype_and_copies():
     x = torch.rand(4, 1, 8, 8)
     net(x)
     state = net.state_dict()
-    assert {"power_vectors.v0", "power_vectors.v1", "power_vectors.v2"} <= set(state)
+    assert len([k for k in state if "lipschitz_u_" in k]) == 4  # stem, block conv, hidden dense, head
     buffer = io.BytesIO()
     torch.save(net, buffer)
     buffer.seek(0)
@@ -88,7 +95,7 @@ def test_power_vectors_travel_with_state_dict_save_dtype_and_copies():
     fresh.load_state_dict(loaded.state_dict())
     assert torch.equal(fresh(x), loaded(x))
     double = copy.deepcopy(net).double()
-    assert all(v.dtype == torch.float64 for v in double.power_vectors.buffers())
+    assert all(v.dtype == torch.float64 for v in _vectors(double).values())
     assert double(x.double()).dtype == torch.float64
     # an EMA-style copy owns its vectors and bounds its own weights
     twin = copy.deepcopy(net)
@@ -97,7 +104,7 @@ def test_power_vectors_travel_with_state_dict_save_dtype_and_copies():
             p.mul_(2.0)
     g_twin, g_net = twin(x), net(x)
     assert not torch.allclose(g_twin[:, -1], g_net[:, -1])
-    assert all(a.data_ptr() != b.data_ptr() for a, b in zip(twin.power_vectors.buffers(), net.power_vectors.buffers()))
+    assert all(twin.state_dict()[k].data_ptr() != net.state_dict()[k].data_ptr() for k in _vectors(net))
 
 
 @pytest.mark.parametrize("guarantee", ["standard", "rtk:3", IGRP([[0, 1, 2], [3, 4, 5, 6], [7, 8, 9]], 0.1, 0.3),
@@ -115,7 +122,7 @@ def test_certify_is_rp_certify_with_the_sound_bound(guarantee):
     assert float(net.pair_lipschitz().detach().max()) <= est.sound() * float(head_distances(est.head.weight.detach()).max()) * (1 + 1e-5)
 
 
-def test_models_without_a_power_estimate_are_refused_by_name():
+def test_models_the_graph_engine_bounds_train_too():
     class Pooled(nn.Module):
         def __init__(self):
             super().__init__()
@@ -125,8 +132,15 @@ def test_models_without_a_power_estimate_are_refused_by_name():
         def forward(self, x):
             return self.head(self.conv(x).relu().mean(dim=(2, 3)))
 
-    with pytest.raises(UnsupportedLayerError, match="GloRo training needs a layer stack"):
-        rp.GloRoNet(Pooled(), 0.1, input_shape=(1, 8, 8))
+    net = rp.GloRoNet(Pooled(), 0.1, input_shape=(1, 8, 8))
+    assert net.train()(torch.rand(3, 1, 8, 8)).shape == (3, 11)
+
+    class NoHead(Pooled):
+        def forward(self, x):
+            return self.head(self.conv(x).relu().mean(dim=(2, 3))).relu()
+
+    with pytest.raises(UnsupportedLayerError, match="does not end in an nn.Linear"):
+        rp.GloRoNet(NoHead(), 0.1, input_shape=(1, 8, 8))
 
 
 def test_wrapper_trained_models_survive_the_attack_on_their_certificates():
