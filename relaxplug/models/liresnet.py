@@ -190,9 +190,11 @@ def liresnet_w128(input_shape: tuple[int, ...], n_classes: int) -> nn.Sequential
 
 @register_architecture("liresnet_digits")
 def liresnet_digits(input_shape: tuple[int, ...], n_classes: int) -> nn.Sequential:
-    """LiResNet scaled to the embedded 8x8 digits (about the parameter count of ``digits_cnn``)."""
+    """LiResNet scaled to the embedded 8x8 digits: depth 4, width 32 at 8x8 (a stride-1 stem: the
+    FFT bound of a strided stem and of 4x4 maps is several percent looser), neck 128, two dense
+    residual layers; 105k parameters (``digits_cnn``: 86k)."""
     return build_liresnet(
-        input_shape, n_classes, depth=4, width=32, stem_kernel=3, stem_stride=2, neck_features=128, mlp_depth=2
+        input_shape, n_classes, depth=4, width=32, stem_kernel=3, stem_stride=1, neck_features=128, mlp_depth=2
     )
 
 

@@ -146,3 +146,35 @@ def test_resolved_guarantees_work_too():
     logits, labels, pair_k = _problem()
     for name in ("standard", "rtk:2", "superclass:0,1,2;3,4;5,6,7,8,9"):
         assert torch.isfinite(emma_loss(logits, labels, pair_k, 0.3, resolve_guarantee(name)))
+
+
+@pytest.mark.parametrize("loss", ["emma", "la"])
+def test_gloronet_trains_with_the_margin_losses(loss):
+    import relaxplug as rp
+    from relaxplug.lipschitz import estimator_for, head_distances
+    from relaxplug.models import build_model
+
+    model = build_model("liresnet_digits", (1, 8, 8), 10)
+    net = rp.GloRoNet(model, 0.3, "rtk:2", input_shape=(1, 8, 8), loss=loss, annealing=(0.5, 1.0, 2.0))
+    x, y = torch.rand(8, 1, 8, 8), torch.randint(0, 10, (8,))
+    out = net.train()(x)
+    value = net.criterion(out, y)
+    est = estimator_for(model, (1, 8, 8))
+    pair = est.power(0) * head_distances(est.head.weight)  # the K of that forward (vectors not advanced)
+    if loss == "emma":
+        expected = emma_loss(out[:, :-1], y, pair, 0.3, RTK(2))
+    else:
+        expected = logit_annealing_loss(out[:, :-1], y, pair, 0.3, RTK(2), 0.5, 1.0, 2.0)
+    assert torch.allclose(value, expected.to(value.dtype), atol=1e-6)
+    value.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_config_selects_the_margin_losses_and_checks_their_options():
+    from relaxplug.training.methods import GloRoSection
+
+    assert GloRoSection(loss="la", la_temperature=0.5).la_temperature == 0.5
+    with pytest.raises(ValueError, match="gloro.loss must be one of"):
+        GloRoSection(loss="hinge")
+    with pytest.raises(ValueError, match="la_temperature must be > 0"):
+        GloRoSection(loss="la", la_temperature=0)
