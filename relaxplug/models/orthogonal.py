@@ -26,7 +26,7 @@ the value these layers are built to have (the papers train with it).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,7 @@ from relaxplug.lipschitz import spectral
 from relaxplug.lipschitz.rounding import dot_gamma, unit_roundoff
 
 __all__ = [
+    "DerivedWeight",
     "affine_rounding",
     "cholesky_orthogonalize",
     "block_reflector",
@@ -88,10 +89,10 @@ def affine_rounding(weight: Tensor, bias: Tensor | None, positions: int = 1) -> 
 
     Each output is a dot product of length ``n`` plus a bias: its error is at most
     ``gamma_{n+1} (|W| |x| + |b|)`` entrywise (any summation order), so in norm
-    ``gamma (|| |W| || ||x|| + sqrt(positions) ||b||)``. ``|| |W| ||`` is the largest singular
-    value of ``|W|`` for a dense layer, and Schur's test ``sqrt(max row sum * max column sum)``
-    for a convolution (a row sums ``|W[o]|`` over all taps; an input coordinate meets each tap
-    at most once per output channel, so a column sums ``|W[:, c]|`` over all taps).
+    ``gamma (|| |W| || ||x|| + sqrt(positions) ||b||)``, with ``|| |W| ||`` bounded by Schur's
+    test ``sqrt(max row sum * max column sum)`` (no SVD; for a convolution a row sums ``|W[o]|``
+    over all taps, and as an input coordinate meets each tap at most once per output channel, a
+    column sums ``|W[:, c]|`` over all taps).
     """
     w = weight.detach().to(torch.float64).abs()
     u, u_in = unit_roundoff(weight.dtype, weight.device)
@@ -99,12 +100,41 @@ def affine_rounding(weight: Tensor, bias: Tensor | None, positions: int = 1) -> 
     if w.dim() == 4:
         abs_norm = math.sqrt(float(w.sum((1, 2, 3)).max()) * float(w.sum((0, 2, 3)).max()))
     elif w.dim() == 2:
-        abs_norm = float(torch.linalg.svdvals(w)[0])
+        abs_norm = math.sqrt(float(w.sum(1).max()) * float(w.sum(0).max()))
     else:
         raise ValueError(f"affine_rounding takes a dense or conv2d weight, got shape {tuple(weight.shape)}")
     abs_norm *= 1.0 + spectral.FLOAT_ALLOWANCE
     b = 0.0 if bias is None else float(bias.detach().to(torch.float64).norm()) * math.sqrt(positions)
     return gamma * b, gamma * abs_norm
+
+
+class DerivedWeight:
+    """The weight a layer derives from its parameters (an orthogonalization: ``O(n^3)``), cached
+    for evaluation.
+
+    In training mode with gradients enabled it is recomputed on every call (differentiable).
+    Otherwise (eval mode, or under ``torch.no_grad``) the detached value is reused while every
+    source tensor has exactly the value (and dtype, device, shape) it had when it was computed,
+    and recomputed otherwise. The forward pass and the Lipschitz bound read the same cached
+    matrix, so a certificate is always about the weight the forward pass applies.
+    """
+
+    def __init__(self) -> None:
+        self.sources: tuple[Tensor, ...] | None = None
+        self.value: Tensor | None = None
+
+    def get(self, training: bool, sources: tuple[Tensor, ...], compute: Callable[[], Tensor]) -> Tensor:
+        if training and torch.is_grad_enabled():
+            return compute()
+        if self.sources is None or not all(_same(a, b) for a, b in zip(self.sources, sources)):
+            with torch.no_grad():
+                self.value = compute().detach()
+            self.sources = tuple(t.detach().clone() for t in sources)
+        return self.value
+
+
+def _same(a: Tensor, b: Tensor) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and a.device == b.device and torch.equal(a, b)
 
 
 def _bound_tensor(value: float, ref: Tensor) -> Tensor:
@@ -137,9 +167,14 @@ class CholeskyLinear(nn.Module):
         else:
             self.raw = nn.Parameter(torch.randn(out_features, in_features) / math.sqrt(in_features))
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        self._derived = DerivedWeight()
 
     def weight(self) -> Tensor:
-        """The orthogonalized ``(out, in)`` matrix the forward pass applies."""
+        """The orthogonalized ``(out, in)`` matrix the forward pass applies (:class:`DerivedWeight`)."""
+        sources = (self.raw, self.gamma) if self.residual else (self.raw,)
+        return self._derived.get(self.training, sources, self._orthogonalize)
+
+    def _orthogonalize(self) -> Tensor:
         v = self.identity + self.gamma * self.raw * self.scale if self.residual else self.raw
         return cholesky_orthogonalize(v)
 
@@ -182,9 +217,11 @@ class CholeskyPatchConv2d(nn.Module):
         fan_in = in_channels * patch * patch
         self.raw = nn.Parameter(torch.randn(out_channels, fan_in) / math.sqrt(fan_in))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        self._derived = DerivedWeight()
 
     def matrix(self) -> Tensor:
-        return cholesky_orthogonalize(self.raw)
+        """The orthogonalized ``(out, in * p * p)`` matrix (:class:`DerivedWeight`)."""
+        return self._derived.get(self.training, (self.raw,), lambda: cholesky_orthogonalize(self.raw))
 
     def forward(self, x: Tensor) -> Tensor:
         p = self.patch
@@ -228,9 +265,13 @@ class BROLinear(nn.Module):
         self.in_features, self.out_features, self.rank = in_features, out_features, rank
         self.raw = nn.Parameter(torch.randn(width, rank) / math.sqrt(width))
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+        self._derived = DerivedWeight()
 
     def weight(self) -> Tensor:
-        return block_reflector(self.raw)[: self.out_features, : self.in_features]
+        """The ``(out, in)`` slice of the reflector (:class:`DerivedWeight`)."""
+        return self._derived.get(
+            self.training, (self.raw,), lambda: block_reflector(self.raw)[: self.out_features, : self.in_features]
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.weight(), self.bias)
@@ -276,11 +317,17 @@ class BROConv2d(nn.Module):
         raw[:rank, :rank, kernel_size // 2, kernel_size // 2] += torch.eye(rank)
         self.raw = nn.Parameter(raw)
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        self._derived: dict[tuple[int, int], DerivedWeight] = {}
 
     def symbols(self, grid: tuple[int, int]) -> Tensor:
-        """``(N1, N2, out, in)`` complex matrices ``W(w)`` the forward pass applies on ``grid``."""
-        v_hat = torch.fft.fft2(self.raw, s=grid).permute(2, 3, 0, 1)  # (N1, N2, width, rank)
-        return block_reflector(v_hat)[..., : self.out_channels, : self.in_channels]
+        """``(N1, N2, out, in)`` complex matrices ``W(w)`` the forward pass applies on ``grid``
+        (:class:`DerivedWeight`, one per grid)."""
+
+        def compute() -> Tensor:
+            v_hat = torch.fft.fft2(self.raw, s=grid).permute(2, 3, 0, 1)  # (N1, N2, width, rank)
+            return block_reflector(v_hat)[..., : self.out_channels, : self.in_channels]
+
+        return self._derived.setdefault(tuple(grid), DerivedWeight()).get(self.training, (self.raw,), compute)
 
     def _grid(self, hw: Sequence[int]) -> tuple[int, int]:
         pad = self.kernel_size // 2

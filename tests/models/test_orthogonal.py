@@ -132,3 +132,22 @@ def test_declared_rounding_covers_float32_against_float64():
         error = (computed - exact).flatten(1).norm(dim=1)
         assert (error <= allowed).all(), (type(layer).__name__, error, allowed)
         assert (allowed < 1e-2 * exact.flatten(1).norm(dim=1)).all()  # and not vacuous
+
+
+def test_eval_weight_cache_follows_every_write_to_the_parameters():
+    layer = CholeskyLinear(6, 6, residual=True).eval()
+    x = torch.randn(3, 6)
+    first = layer(x)
+    assert layer.weight() is layer.weight()  # reused while the parameters are unchanged
+    layer.gamma.data.mul_(3.0)  # a write through .data does not bump _version: values are compared
+    second = layer(x)
+    layer.train()
+    assert torch.allclose(second, layer(x), atol=1e-6) and not torch.allclose(first, second)
+    assert layer(x).requires_grad and layer.weight().grad_fn is not None  # training recomputes with grad
+    conv = BROConv2d(4, 4).eval()
+    before = float(conv.lipschitz_bound((4, 5, 5)))
+    with torch.no_grad():
+        conv.raw.mul_(0.0).add_(torch.randn_like(conv.raw))
+    assert torch.allclose(conv(torch.zeros(1, 4, 5, 5)), conv.bias[None, :, None, None].expand(1, 4, 5, 5))
+    exact = exact_norm(conv.double(), (4, 5, 5))
+    assert float(conv.lipschitz_bound((4, 5, 5))) >= exact and before > 0
