@@ -70,9 +70,9 @@ def _configs(args: argparse.Namespace, out: Path, groups_file: Path):
         common.append(f"epochs={args.epochs}")
     if args.fast:
         natural = apply_overrides(natural, ["epochs=3", "limit_train=256"])
-        common += ["epochs=3", "warmup_epochs=1", "eps_ramp_epochs=1", "limit_train=256"]
+        common += ["epochs=3", "crown-ibp.warmup_epochs=1", "eps_ramp_epochs=1", "limit_train=256"]
     igrp = apply_overrides(igrp, [*common, f"eps_in={eps_in}", f"sets_file={groups_file}", f"out_dir={out / 'igrp'}"])
-    ramp = [f"warmup_epochs={igrp.warmup_epochs}", f"eps_ramp_epochs={igrp.eps_ramp_epochs}"]
+    ramp = [f"crown-ibp.warmup_epochs={igrp.method_options.warmup_epochs}", f"eps_ramp_epochs={igrp.eps_ramp_epochs}"]
     standard = load_config(CONFIGS / "digits_crown_ibp.yaml")
     standard_out = apply_overrides(standard, [*common, *ramp, f"out_dir={out / 'crown_ibp_eps_out'}", "name=crown_ibp_eps_out"])
     standard_in = apply_overrides(standard, [*common, *ramp, f"eps={eps_in}", f"out_dir={out / 'crown_ibp_eps_in'}", "name=crown_ibp_eps_in"])

@@ -1,8 +1,9 @@
 """Train your own model in your own PyTorch loop for relaxed top-2 (RT2) robustness, then certify.
 
 No config file, no registered architecture: the model below is defined here, with a residual
-block of its own (``x + conv(minmax(conv(x)))``, a subclass of :class:`relaxplug.layers.Residual`,
-whose Lipschitz bound is ``1 + L(block)``). :class:`relaxplug.GloRoNet` wraps it: in train mode
+block of its own (``x + conv(minmax(conv(x)))`` written in its ``forward``; the Lipschitz engine
+traces it and bounds the sum of its two paths, ``1 + L(conv2) L(conv1)``).
+:class:`relaxplug.GloRoNet` wraps it: in train mode
 ``net(x)`` returns the GloRo-instrumented logits ``g(x)`` (Equation B2, RT2's margin at
 ``eps = 0.3`` in L2) and ``net.loss(x, y)`` the GloRo TRADES loss; the loop is plain PyTorch
 (Adam, your batches, your schedule). Afterwards :func:`relaxplug.certify` certifies the plain
@@ -29,12 +30,17 @@ import relaxplug as rp
 from relaxplug.data import load_dataset
 
 
-class ConvResidual(rp.layers.Residual):
+class ConvResidual(nn.Module):
     """``x + conv2(minmax(conv1(x)))`` at constant width (same padding keeps the shape)."""
 
     def __init__(self, channels: int):
-        super().__init__(nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), rp.layers.MinMax(),
-                                       nn.Conv2d(channels, channels, 3, padding=1)))
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.act = rp.layers.MinMax()
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(self.act(self.conv1(x)))
 
 
 def make_model(n_classes: int = 10) -> nn.Sequential:
@@ -93,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
               f"VRA {records[-1]['vra']:.3f}  rejected {records[-1]['rejection_rate']:.3f}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": model.state_dict(), "power_vectors": net.power_vectors.state_dict()}, out / "model.pt")
+    torch.save(model.state_dict(), out / "model.pt")  # weights and the power-iteration buffers
     summary = {"epochs": epochs, "records": records}
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     return summary

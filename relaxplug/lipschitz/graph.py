@@ -148,6 +148,9 @@ _ACTIVATION_METHODS = {
     "clip_": "clamp", "clamp_min": "clamp", "clamp_min_": "clamp", "clamp_max": "clamp", "clamp_max_": "clamp",
 }
 
+#: largest discontinuity accepted in a softplus (per coordinate; it enters the forward-error model)
+SOFTPLUS_MAX_JUMP = 1e-6
+
 #: per-sample permutations / reshapes of coordinates (Lipschitz 1, scalings pass through them)
 _PERMUTE_FUNCTIONS = {
     torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.swapaxes, torch.squeeze,
@@ -543,6 +546,48 @@ def _nonneg_linear_bound(replay: Callable[[Tensor], Tensor], shape: tuple[int, .
     return math.sqrt(rows * cols) * _UP
 
 
+def _is_permutation(replay: Callable[[Tensor], Tensor], shape: tuple[int, ...], device: torch.device) -> bool:
+    """Whether ``replay`` maps each example to a permutation of its own coordinates (checked on the
+    coordinate indices, float64): then it is an isometry and per-coordinate scalings pass through it."""
+    n = math.prod(shape)
+    index = torch.arange(1, n + 1, dtype=torch.float64, device=device).reshape(shape)
+    try:
+        with torch.no_grad():
+            out = replay(index)
+        if not isinstance(out, Tensor) or out.numel() != n or out.shape[0] != shape[0]:
+            return False
+        ordered = torch.sort(out.reshape(shape[0], -1), dim=1).values
+        if not torch.equal(ordered, index.reshape(shape[0], -1)):
+            return False
+        # the same permutation for other values (MinMax permutes too, but depending on the data)
+        gen = torch.Generator().manual_seed(2)
+        probe = torch.randn(shape, generator=gen, dtype=torch.float64).to(device)
+        moved = replay(probe)
+    except Exception:  # the module need not accept float64 or index values: then it is not used as a permutation
+        return False
+    expected = probe.flatten()[(out.flatten() - 1).long()].reshape(out.shape)
+    return isinstance(moved, Tensor) and moved.shape == out.shape and bool(torch.equal(moved, expected))
+
+
+def _diagonal_scale(replay: Callable[[Tensor], Tensor], shape: tuple[int, ...], device: torch.device) -> Tensor | None:
+    """``|s|`` (per-sample shape, float64) when ``replay`` is ``x -> s * x + t`` on two random probes, else ``None``."""
+    gen = torch.Generator().manual_seed(3)
+    probes = [torch.randn(shape, generator=gen, dtype=torch.float64).to(device) for _ in range(2)]
+    try:
+        with torch.no_grad():
+            base = replay(torch.zeros(shape, dtype=torch.float64, device=device))
+            outs = [replay(p) for p in probes]
+    except Exception:  # a module that does not run in float64 is not used as a scaling
+        return None
+    if not all(isinstance(o, Tensor) and o.shape == base.shape == shape for o in outs):
+        return None
+    ratios = [(o - base) / p for o, p in zip(outs, probes)]
+    s = ratios[0][0]
+    if not all(torch.allclose(r, s.expand_as(r), rtol=1e-12, atol=0) for r in ratios):
+        return None
+    return s.abs() * _UP
+
+
 def _copy_bound(replay: Callable[[Tensor], Tensor], shape: tuple[int, ...], device: torch.device, what: str) -> float:
     """``sqrt(max copies of one input coordinate)`` for an op whose outputs are copies of inputs."""
     n = math.prod(shape)
@@ -807,8 +852,8 @@ class LipschitzEstimator:
             reference = model(x)
         if not isinstance(traced, Tensor) or not isinstance(reference, Tensor) or traced.shape != reference.shape:
             raise UnsupportedLayerError(f"{type(model).__name__}: the traced graph does not return the model's logits")
-        scale = float(reference.detach().abs().max()) if reference.numel() else 0.0
-        if not torch.allclose(traced, reference, rtol=1e-4, atol=1e-4 * max(scale, 1e-30)):
+        scale = float(reference.detach().nan_to_num().abs().max()) if reference.numel() else 0.0
+        if not torch.allclose(traced, reference, rtol=1e-4, atol=1e-4 * max(scale, 1e-30), equal_nan=True):
             raise UnsupportedLayerError(
                 f"the torch.fx trace of {type(model).__name__} does not reproduce its output (Python control "
                 "flow or randomness in forward?); cannot bound it"
@@ -905,7 +950,10 @@ GraphLipschitzEstimator = LipschitzEstimator
 
 def _same_first_example(a: Any, b: Any) -> bool:
     if isinstance(a, Tensor) and isinstance(b, Tensor):
-        return a.shape[1:] == b.shape[1:] and torch.equal(a[0], b[0])
+        if a.shape[1:] != b.shape[1:]:
+            return False
+        x, y = a[0], b[0]
+        return bool(((x == y) | (x.isnan() & y.isnan())).all())
     if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
         return len(a) == len(b) and all(_same_first_example(x, y) for x, y in zip(a, b))
     return True
@@ -1152,7 +1200,17 @@ class _RuleBuilder:
         rule = lipschitz_rule(m)
         if rule is not None:
             source = self.single_input()
-            return _Leaf(source, m, rule, self.per_sample(source))
+            leaf = _Leaf(source, m, rule, self.per_sample(source))
+            exact = callable(getattr(m, "lipschitz_rounding", None)) and tuple(m.lipschitz_rounding(leaf.in_shape)) == (0.0, 0.0)
+            if exact and leaf.bound() <= 1.0 and _is_permutation(self.replay_fn(), self.shape_of(source), self.rec.device):
+                # declared 1-Lipschitz and exact, and a fixed permutation on two probes: scalings pass through it
+                return _Gain(source, 1.0, "permute", self.replay_fn(), ulps=0.0)
+            scale = _diagonal_scale(self.replay_fn(), self.shape_of(source), self.rec.device)
+            if scale is not None and float(scale.max()) <= leaf.bound() * (1 + 1e-6):
+                # a per-coordinate affine map s * x + t (checked on probes) within its declared bound:
+                # bounded by its declared constant, and foldable into the next linear layer
+                return _Scale(source, scale)
+            return leaf
         if cls in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
             source = self.single_input()
             if m.training or not m.track_running_stats or m.running_var is None:

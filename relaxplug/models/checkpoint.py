@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from relaxplug.lipschitz.graph import load_lipschitz_state
+from relaxplug.lipschitz import load_lipschitz_state
 from relaxplug.models.architectures import build_model
 
 __all__ = ["save_checkpoint", "load_checkpoint", "LoadedCheckpoint", "CheckpointError", "FORMAT"]
@@ -69,7 +69,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         raise CheckpointError(f"{file} is not a relaxplug checkpoint (expected format {FORMAT})")
     metadata = payload["metadata"]
     model = build_model(metadata["architecture"], metadata["input_shape"], metadata["n_classes"])
-    load_lipschitz_state(model, payload["model"])  # power-iteration buffers of GloRo training
+    load_lipschitz_state(model, payload["model"])  # power-iteration buffers of GloRo training, created on load
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     found = {k: tuple(v.shape) for k, v in payload["model"].items()}
     if expected != found:

@@ -189,12 +189,6 @@ class GloRoMethod(TrainingMethod):
         loss = self.net.criterion(instrumented, y)
         return StepResult(loss, instrumented[:, :-1], int((instrumented.argmax(1) == y).sum()))
 
-    def state_dict(self) -> dict[str, Any]:
-        return {}  # the power-iteration vectors are buffers of the model's layers (its state_dict)
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
-
 
 @dataclass(frozen=True)
 class CrownIBPSection:

@@ -25,7 +25,7 @@ from tqdm import tqdm  # tqdm.auto would call iter(loader) once more per epoch (
 
 from relaxplug.adapters import Guarantee, load_sets, resolve_guarantee
 from relaxplug.data import load_dataset
-from relaxplug.lipschitz import head_distances
+from relaxplug.lipschitz import head_distances, load_lipschitz_state
 from relaxplug.models.architectures import build_model
 from relaxplug.models.checkpoint import load_checkpoint, save_checkpoint
 from relaxplug.runtime import resolve_device, seed_everything
@@ -136,7 +136,9 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> Tr
                 f"{checkpoint_path} was written by a different config; use another out_dir or resume=False"
             )
         state = loaded.state or {}
-        model.load_state_dict(state["training_model"] if "training_model" in state else loaded.model.state_dict())
+        weights = state["training_model"] if "training_model" in state else loaded.model.state_dict()
+        load_lipschitz_state(model, weights)  # power-iteration buffers, created here
+        model.load_state_dict(weights)
         if "optimizer" in state:
             optimizer.load_state_dict(state["optimizer"])
         method.load_state_dict(state.get("method", {}))

@@ -1,19 +1,20 @@
 """``GloRoNet``: GloRo certified training for a user's own model in the user's own loop.
 
-``GloRoNet(model, eps, guarantee, input_shape=...)`` wraps any model the Lipschitz estimator
-supports (a body of supported layers ending in the ``nn.Linear`` logit layer). In train mode
-``forward(x)`` returns the instrumented logits ``g(x)`` of Equation B2 (``(B, n + 1)``, the
-guarantee's margin ``m`` from Lipschitz margins ``f_j - f_i - eps K_ji``), with
+``GloRoNet(model, eps, guarantee, input_shape=...)`` wraps any model the Lipschitz engine
+supports (:mod:`relaxplug.lipschitz`: every layer declares a bound through the Lipschitz
+protocol, built-in or user-registered, and the model ends in the ``nn.Linear`` logit layer).
+In train mode ``forward(x)`` returns the instrumented logits ``g(x)`` of Equation B2
+(``(B, n + 1)``, the guarantee's margin ``m`` from Lipschitz margins ``f_j - f_i - eps K_ji``),
 
     K_ji = L_body * ||w_j - w_i||,
 
-``L_body`` the product of per-layer spectral norms estimated by ``power_iterations`` steps of
-power iteration per layer from persistent vectors (Leino et al. 2021). The vectors are buffers
-of the model's layers (:func:`relaxplug.lipschitz.power_vector`), so ``state_dict``,
-``torch.save``, ``.to(device)``, ``copy.deepcopy`` (EMA copies) and DDP's buffer broadcast carry them. Power iteration converges from below: the
-training bound is an estimate, never a certificate. ``certify(x)`` certifies with the sound
-bound (:func:`relaxplug.certify` with certifier ``gloro``). In eval mode ``forward`` returns
-the plain logits ``f(x)``.
+``L_body`` the engine's differentiable training estimate: ``power_iterations`` power-iteration
+steps per layer from persistent vectors (Leino et al. 2021). The vectors are buffers of the
+model's own layers (``lipschitz_u_*``), created here, so ``state_dict``, ``torch.save``,
+``.to(device)``, ``copy.deepcopy`` (EMA copies) and DDP's buffer broadcast carry them. Power
+iteration converges from below: the training bound is an estimate, never a certificate.
+``certify(x)`` certifies with the sound bound (:func:`relaxplug.certify`, certifier ``gloro``).
+In eval mode ``forward`` returns the plain logits ``f(x)``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from torch import Tensor, nn
 from relaxplug.adapters import Guarantee, resolve_guarantee
 from relaxplug.adapters.certificate import Certificate
 from relaxplug.certifiers.certify import certify
-from relaxplug.lipschitz import LipschitzEstimator, UnsupportedLayerError, estimator_for, head_distances, init_lipschitz_state
+from relaxplug.lipschitz import LipschitzEstimator, estimator_for, head_distances, init_lipschitz_state
 from relaxplug.training.losses import MARGIN_LOSSES, emma_loss, gloro_instrumented, gloro_loss, logit_annealing_loss
 
 __all__ = ["GloRoNet"]
@@ -36,7 +37,8 @@ class GloRoNet(nn.Module):
     """GloRo-instrumented training wrapper around ``model`` (module docstring).
 
     Args:
-        model: returns logits ``(B, n)``; a stack of supported layers ending in ``nn.Linear``.
+        model: returns logits ``(B, n)``; its layers bounded by the Lipschitz protocol (built-in or
+            ``register_lipschitz``), ending in the ``nn.Linear`` logit layer.
         eps: training radius (L2); may be changed between steps (``net.eps = ...``) for a ramp.
         guarantee: a guarantee name (``"rtk:2"``) or instance, built-in or user-registered.
         input_shape: one input's shape ``(C, H, W)`` or ``(d,)`` (sizes the power vectors).
@@ -77,23 +79,16 @@ class GloRoNet(nn.Module):
         self._pair: Tensor | None = None  # K of the last train-mode forward (the margin losses read it)
         self.trades_lambda = float(trades_lambda)
         self.power_iterations = power_iterations
-        estimator = self._estimator()
-        self.guarantee.validate(estimator.head.out_features)
-        init_lipschitz_state(self.model, self.input_shape)
+        init_lipschitz_state(model, self.input_shape)  # the power vectors exist from here on
+        self.guarantee.validate(self._estimator().head.out_features)
 
     def _estimator(self) -> LipschitzEstimator:
-        """The model's Lipschitz estimator (cached per model, so a deep copy gets its own)."""
-        estimator = estimator_for(self.model, self.input_shape)
-        if estimator.head is None:
-            raise UnsupportedLayerError(
-                f"GloRo training needs the model to end in an nn.Linear logit layer; {type(self.model).__name__} does not"
-            )
-        return estimator
+        """The model's estimator (cached per model, so a deep copy gets its own)."""
+        return estimator_for(self.model, self.input_shape)
 
     def pair_lipschitz(self) -> Tensor:
-        """Training estimate ``K (n, n)``: ``power_iterations`` power-iteration steps per layer from
-        the persistent vectors (buffers of the model's layers, which it advances without gradient).
-        Differentiable w.r.t. the weights; not a proof."""
+        """Training estimate ``K (n, n)``: power iteration from the persistent vectors, which it
+        advances in train mode (without gradient). Differentiable w.r.t. the weights; not a proof."""
         estimator = self._estimator()
         return estimator.power(self.power_iterations) * head_distances(estimator.head.weight)
 
@@ -133,3 +128,4 @@ class GloRoNet(nn.Module):
 
     def extra_repr(self) -> str:
         return f"eps={self.eps}, guarantee={self.guarantee!r}, loss={self.loss_name!r}"
+

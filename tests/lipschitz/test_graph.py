@@ -22,7 +22,7 @@ from relaxplug.attacks.pgd import pgd_set_attack
 from relaxplug.certifiers.gloro import GloRoCertifier
 from relaxplug.lipschitz.graph import ACTIVATION_LIPSCHITZ, GraphLipschitzEstimator
 from relaxplug.models.layers import InvertibleDownsample, MinMax, Normalize, Residual
-from relaxplug.lipschitz.stack import LipschitzEstimator, UnsupportedLayerError, estimator_for
+from relaxplug.lipschitz import LipschitzEstimator, UnsupportedLayerError, estimator_for
 from relaxplug.lipschitz.spectral import FLOAT_ALLOWANCE
 
 UP = 1.0 + FLOAT_ALLOWANCE
@@ -553,9 +553,10 @@ def test_bound_is_above_every_observed_jacobian(index):
 
 @pytest.mark.parametrize("index", [0, 1, 3], ids=["preact", "resnet", "wide_resnet"])
 def test_certified_sets_survive_attacks(index):
+    # float64: these random-BatchNorm nets have margins (~0.3) below the float32 rounding allowance of
+    # relaxplug.lipschitz.rounding (~0.45 for the wide ResNet), which would certify nothing in float32
     _, model, shape = _nets()[index]
-    model = model.float()
-    x = torch.randn(64, *shape)
+    x = torch.randn(64, *shape, dtype=torch.float64)
     radius = rp.certify(model, x, eps=0.0, certifier="gloro", guarantee="rtk:3").radius
     eps = float(radius.median())
     assert eps > 0
@@ -635,8 +636,9 @@ def test_certify_uses_the_graph_path_for_zoo_models():
     sound = GloRoCertifier().pair_lipschitz(model, shape)
     power = GloRoCertifier(lipschitz="power").pair_lipschitz(model, shape)
     assert torch.all(power <= sound)
-    with pytest.raises(UnsupportedLayerError, match="trained"):
-        estimator_for(model, shape).power(2)
+    # the same engine gives the training estimate (differentiable in the weights)
+    estimate = estimator_for(model, shape).power(2)
+    assert estimate.requires_grad and 0 < float(estimate) < float("inf")
 
 
 def test_torchvision_resnet18_certifies():  # ~11 s on one core
@@ -671,8 +673,8 @@ def test_train_mode_model_is_certified_in_eval_mode_and_restored():
     assert model.training and all(m.training for m in model.modules())
     assert torch.equal(cert.margin, expected.margin) and torch.equal(cert.certified, expected.certified)
     assert all(torch.equal(a, b) for a, b in zip(stats, model.buffers()))  # no BatchNorm update
-    with pytest.raises(ValueError, match="eval"):
-        estimator_for(model, shape).sound()
+    # a train-mode model gets the bound of its eval-mode function
+    assert estimator_for(model, shape).sound() == estimator_for(model.eval(), shape).sound()
 
 
 def test_sound_bound_follows_batchnorm_statistics():
@@ -708,7 +710,7 @@ class _DataDependent(nn.Module):
     (_Lambda(lambda x: x.transpose(0, 1).relu().transpose(0, 1)), (2,), "batch"),  # 2 features, batch of 2
     (_Lambda(lambda x: F.dropout(x, 0.5)), (3,), "random|reproduce"),
     (_Lambda(lambda x: x / x.norm(dim=1, keepdim=True)), (3,), "norm"),
-    (nn.Sequential(nn.BatchNorm1d(3, track_running_stats=False), nn.Linear(3, 2)), (3,), "batch statistics"),
+    (nn.Sequential(nn.BatchNorm1d(3, track_running_stats=False), nn.Linear(3, 2)), (3,), "mixes examples"),
     (_DataDependent(), (3,), "torch.fx could not trace"),
 ])
 def test_unsupported_ops_are_named(model, shape, match):

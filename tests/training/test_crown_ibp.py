@@ -204,9 +204,9 @@ def _config(tmp_path, **kw):
 
 
 def test_crown_ibp_training_raises_verified_accuracy(tmp_path):
-    natural = train(_config(tmp_path, method="natural", norm=2.0, eps_ramp_epochs=0,
+    natural = train(_config(tmp_path, method="natural", norm=2.0, eps_ramp_epochs=0, limit_train=640,
                             out_dir=str(tmp_path / "nat")), progress=False)
-    robust = train(_config(tmp_path, epochs=6), progress=False)
+    robust = train(_config(tmp_path, epochs=6, limit_train=640), progress=False)
     assert [h["eps"] for h in robust.history][0] == 0.0 and robust.history[-1]["eps"] == pytest.approx(0.05)
     assert robust.history[-1]["kappa"] == 0.0 and robust.history[-1]["beta"] == 0.0
     loaded, guarantee, spec, eps, dataset, _ = load_evaluation(robust.checkpoint, device="cpu")
