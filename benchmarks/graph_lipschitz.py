@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from relaxplug.lipschitz.graph import GraphLipschitzEstimator  # noqa: E402
 from relaxplug.evaluation.report import format_table, write_json  # noqa: E402
-from tests.test_graph_lipschitz import PreActResNet, SmallResNet, WideResNet, _crown_ibp_cnn, _randomize_bn  # noqa: E402
+from tests.lipschitz.test_graph import PreActResNet, SmallResNet, WideResNet, _crown_ibp_cnn, _randomize_bn  # noqa: E402
 
 COLUMNS = ("model", "input", "bound", "bound_nofold", "jacobian", "ascent", "ratio", "ratio_nofold", "bound_s")
 

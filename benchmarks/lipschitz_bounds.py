@@ -3,7 +3,7 @@
 For every weighted body layer of the seeds' CIFAR (``cifar_cnn``, 3x32x32, 100 classes) and
 Tiny-ImageNet (``tiny_imagenet_cnn``, 3x64x64, 200 classes) architectures (random init, or a
 checkpoint with ``--checkpoint``): the sound bound certification uses
-(``relaxplug.lipschitz.stack``: exact SVD for dense layers, FFT bound for convolutions, space-to-depth
+(the rules of ``relaxplug.lipschitz.torch_layers``: exact SVD for dense layers, FFT bound for convolutions, space-to-depth
 for strided ones), the time to compute it, and its ratio to the best lower estimate of the true
 norm, ``max(power iteration, Lanczos)``:
 
@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from relaxplug.lipschitz import spectral
-from relaxplug.lipschitz import LipschitzEstimator, _conv_args, _sound_layer_bound
+from relaxplug.lipschitz.protocol import lipschitz_rule
 from relaxplug.models.architectures import build_model
 from relaxplug.evaluation.report import format_table, write_json
 
@@ -47,7 +47,8 @@ def _operators(layer: nn.Module, shape: tuple[int, ...]):
     weight = layer.weight.detach().double()
     if isinstance(layer, nn.Linear):
         return (lambda u: u @ weight.T), (lambda v: v @ weight), (1, weight.shape[1])
-    forward, adjoint = spectral.conv_operator_pair(weight, tuple(shape[1:]), **_conv_args(layer))
+    args = dict(stride=layer.stride, padding=layer.padding, dilation=layer.dilation, groups=layer.groups)
+    forward, adjoint = spectral.conv_operator_pair(weight, tuple(shape[1:]), **args)
     return forward, adjoint, (1, *shape)
 
 
@@ -68,6 +69,20 @@ def _lanczos(forward, adjoint, shape: tuple[int, ...], tol: float = 1e-9) -> flo
     return math.sqrt(max(float(value), 0.0))
 
 
+def _input_shapes(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    """Per-example input shape of every submodule (one forward pass on zeros)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    handles = [m.register_forward_pre_hook(lambda mod, args, name=name: shapes.setdefault(name, tuple(args[0].shape[1:])))
+               for name, m in model.named_modules()]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape))
+    finally:
+        for h in handles:
+            h.remove()
+    return shapes
+
+
 def _kind(layer: nn.Module) -> str:
     if isinstance(layer, nn.Linear):
         return "dense"
@@ -77,12 +92,15 @@ def _kind(layer: nn.Module) -> str:
 
 def layer_table(label: str, model: nn.Module, input_shape: tuple[int, ...], power_iters: int, lanczos: bool) -> list[dict[str, Any]]:
     """One record per weighted body layer (the head enters GloRo through ``||w_j - w_i||``)."""
-    estimator = LipschitzEstimator(model, input_shape)
+    shapes = _input_shapes(model, input_shape)
+    head = list(model.modules())[-1]
     rows = []
-    for name, layer in estimator.weighted_layers():
-        shape = estimator.shapes[id(layer)]
+    for name, layer in model.named_modules():
+        if type(layer) not in (nn.Linear, nn.Conv2d) or layer is head:
+            continue
+        shape = shapes[name]
         start = time.perf_counter()
-        sound = float(_sound_layer_bound(layer, shape))
+        sound = float(lipschitz_rule(layer).bound(layer, shape))
         sound_s = time.perf_counter() - start
         forward, adjoint, full = _operators(layer, shape)
         start = time.perf_counter()

@@ -16,6 +16,8 @@ from relaxplug.certifiers.certify import certify as certify
 from relaxplug.training import losses as losses
 from relaxplug.training.crown_ibp import CrownIBPLoss as CrownIBPLoss
 from relaxplug.training.wrapper import GloRoNet as GloRoNet
+from relaxplug.lipschitz import LipschitzLayer as LipschitzLayer
+from relaxplug.lipschitz import register_lipschitz as register_lipschitz
 
 __version__ = "0.1.0"
 
@@ -23,10 +25,12 @@ __all__ = [
     "Certificate",
     "CrownIBPLoss",
     "GloRoNet",
+    "LipschitzLayer",
     "adapters",
     "certify",
     "layers",
     "models",
+    "register_lipschitz",
     "list_certifiers",
     "list_guarantees",
     "losses",

@@ -39,9 +39,10 @@ class GloRoCertifier(Certifier):
 
     The model is traced with torch.fx and bounded by :mod:`relaxplug.lipschitz.graph` (layers
     with the Lipschitz protocol are leaves; other ops by an allow-list of proven constants).
-    Every margin bound subtracts the forward pass's rounding error (``2 E(||x||)``, the model of
-    :mod:`relaxplug.lipschitz.rounding`, which follows intermediate magnitudes) and the rounding
-    of the bound's own arithmetic (``rounding_allowance``).
+    Every margin bound at ``eps > 0`` subtracts the forward pass's rounding error at ``x`` and in
+    the ball (``2 E(||x||) + 2 E(||x|| + eps)``, the model of :mod:`relaxplug.lipschitz.rounding`,
+    which follows intermediate magnitudes) and the rounding of the bound's own arithmetic
+    (``rounding_allowance``).
 
     Args:
         lipschitz: ``"sound"`` (provable bounds, default) or ``"power"`` (converged power
@@ -62,19 +63,23 @@ class GloRoCertifier(Certifier):
         estimator = estimator_for(model, input_shape)
         return estimator.pair_lipschitz(self.lipschitz).to(estimator.dtype)
 
-    def forward_error(self, model: nn.Module, x: Tensor) -> Tensor:
-        """``(B, 1, 1)`` allowance for the computed logits' rounding: ``2 (e0 + e1 ||x||)`` per point."""
+    def forward_error(self, model: nn.Module, x: Tensor, eps: float) -> Tensor:
+        """``(B, 1, 1)`` allowance for rounding in the computed logits, at ``x`` and at any ``x'`` of the ball:
+        ``2 E(||x||) + 2 E(||x|| + eps)`` with ``E(r) = e0 + e1 r`` (a margin moves by at most twice the
+        logits' error). ``eps = 0`` claims the ranking computed at ``x`` itself: no allowance."""
+        if eps == 0:
+            return torch.zeros(len(x), 1, 1, dtype=torch.float64, device=x.device)
         error = estimator_for(model, x.shape[1:]).forward_error()
-        return (2.0 * error(x))[:, None, None]
+        return (2.0 * error(x) + 2.0 * (error(x) + error.e1 * eps))[:, None, None]
 
     def bounds(self, model: nn.Module, x: Tensor, logits: Tensor, requests: Sequence[MarginRequest], norm: float) -> list[Tensor]:
         self.check_norm(norm)
         pair_k = self.pair_lipschitz(model, x.shape[1:]).to(logits.device)
-        forward = self.forward_error(model, x).to(logits)
         out = []
         for request in requests:
             k = request.n_candidates
             lower = gloro_lower_bounds(logits, request.order, pair_k, request.eps, k)
+            forward = self.forward_error(model, x, request.eps).to(logits)
             slack = rounding_allowance(logits, request.eps * rank_pairs(pair_k, request.order, k)) + forward
             out.append(lower - slack)
         return out
@@ -94,9 +99,11 @@ class GloRoCertifier(Certifier):
         ranked = logits.gather(1, request.order)
         gaps = ranked[:, :k, None] - ranked[:, None, :]
         lipschitz = rank_pairs(pair_k, request.order, k)
-        # rounding allowance at radius r is rtol*(2max|f| + r K); solve gap - a - rtol r K - r K > 0
-        rtol_scale = rounding_allowance(logits, 0.0) + self.forward_error(model, x).to(logits)
+        # allowance at radius r > 0: rtol (2 max|f| + r K) + 4 E(||x||) + 2 e1 r; solve gap - allowance - r K > 0
+        error = estimator_for(model, x.shape[1:]).forward_error()
+        rtol_scale = rounding_allowance(logits, 0.0) + (4.0 * error(x)).to(logits)[:, None, None]
         rtol = rounding_allowance(logits, 1.0) - rounding_allowance(logits, 0.0)
-        ratio = (gaps - rtol_scale) / (lipschitz * (1 + rtol)).clamp_min(torch.finfo(logits.dtype).tiny)
+        slope = lipschitz * (1 + rtol) + 2.0 * error.e1
+        ratio = (gaps - rtol_scale) / slope.clamp_min(torch.finfo(logits.dtype).tiny)
         result = guarantee.evaluate(request.order, [ratio])
         return result.margin.clamp_min(0.0)

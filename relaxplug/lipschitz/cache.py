@@ -4,7 +4,8 @@ A cached Lipschitz bound (or fx trace) is valid for one computation only. It dep
 
 * the *structure*: the module tree (names, classes, the class's ``forward``), every module's
   Python attributes (flags, sizes, callables and the values in their closures, unregistered
-  tensors) and which parameter/buffer objects it holds. The training flag is left out: bounds
+  tensors), which parameter/buffer objects it holds (and their dtypes and devices), and the
+  global float settings (TF32, matmul precision). The training flag is left out: bounds
   are always computed for the eval-mode function;
 * the *contents*: the values of every parameter, buffer and unregistered tensor attribute.
 
@@ -91,17 +92,26 @@ def _attributes(module: nn.Module) -> dict[str, Any]:
 
 
 def _structure(model: nn.Module, freezer: _Freezer) -> tuple:
-    rows = []
+    rows: list = [_numerics()]
     for name, m in model.named_modules(remove_duplicate=False):
         cls = type(m)
-        params = tuple((k, id(p), p is None or p.requires_grad) for k, p in m._parameters.items())
+        params = tuple((k, id(p), None if p is None else (p.dtype, p.device)) for k, p in m._parameters.items())
         kept = {k: b for k, b in m._buffers.items() if not k.startswith(POWER_VECTOR_PREFIX)}
-        buffers = tuple((k, id(b)) for k, b in kept.items())
+        buffers = tuple((k, id(b), None if b is None else (b.dtype, b.device)) for k, b in kept.items())
         for t in list(m._parameters.values()) + list(kept.values()):
             if t is not None:
                 freezer.tensors.append(t)
         rows.append((name, cls, cls.forward, params, buffers, freezer.freeze(_attributes(m))))
     return tuple(rows)
+
+
+def _numerics() -> tuple:
+    """Global settings that change float results (the rounding model depends on them)."""
+    return (
+        torch.get_float32_matmul_precision(),
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cuda.matmul.allow_tf32,
+    )
 
 
 def _same_tensor(a: Tensor, b: Tensor) -> bool:

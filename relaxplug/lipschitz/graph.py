@@ -1,12 +1,10 @@
-"""L2 Lipschitz bounds of arbitrary networks by walking their ``torch.fx`` graph.
+"""The Lipschitz engine: L2 bounds of a network by walking its ``torch.fx`` graph.
 
-The layer-stack analysis in :mod:`relaxplug.lipschitz.stack` covers ``nn.Sequential`` models built
-from the seeds' layers. Model zoos (RobustBench WideResNets and PreAct-ResNets, torchvision
-ResNets, CROWN-IBP / auto_LiRPA CNNs) use BatchNorm, residual additions, pooling and an input
-normalization ``(x - mu) / sigma`` written inside ``forward``. This module traces such a model
-with ``torch.fx``, runs the traced graph once on an example batch (shapes, constants, and a
-check that the graph reproduces the model), and propagates an upper bound ``L[v]`` on the L2
-Lipschitz constant of every node ``v`` *as a function of the model input*:
+One engine certifies and trains. The model is traced with ``torch.fx`` (modules with a
+Lipschitz rule, :mod:`relaxplug.lipschitz.protocol`, are leaves), the traced graph is run once
+on an example batch (shapes, constants, checks that the graph reproduces the model and never
+mixes examples of the batch), and an upper bound ``L[v]`` on the L2 Lipschitz constant of every
+node ``v`` *as a function of the model input* is propagated:
 
 * composition multiplies: ``L[g(u)] <= Lip(g) * L[u]``;
 * ``a + b`` / ``a - b`` add: ``L <= L[a] + L[b]`` (times ``sqrt(r)`` for an operand broadcast to
@@ -54,14 +52,14 @@ scaling folded into the head, ``g * L[b] * ||(w_j - w_i) * s||``; the smaller is
 
 Floating point: bounds computed from float32 weights in float64 are inflated by
 ``1 + FLOAT_ALLOWANCE`` (see :mod:`relaxplug.lipschitz.spectral`); combination steps are float64 with
-relative errors ~1e-16 each. Like the layer-stack path, the bound does not model the rounding of
-the model's own float32 forward pass: the certifier's rounding allowance does.
+relative errors ~1e-16 each. The rounding of the model's own forward pass is bounded separately
+along the same graph (:meth:`LipschitzEstimator.forward_error`, :mod:`relaxplug.lipschitz.rounding`).
 
-Anything else raises :class:`~relaxplug.lipschitz.stack.UnsupportedLayerError` naming the module or
+Anything else raises :class:`~relaxplug.lipschitz.protocol.UnsupportedLayerError` naming the module or
 op (also when tracing fails, when the trace does not reproduce the model's output, when an op
-mixes examples of the batch, or when an in-place op hides a mutation from the graph). Bounds are
-for the eval-mode function: asking for them while the model is in training mode raises
-``ValueError`` (:func:`relaxplug.certifiers.certify` switches to eval mode and back).
+mixes examples of the batch, or when an in-place op hides a mutation from the graph). Sound bounds
+are for the eval-mode function, whatever mode the model is in (the analysis runs in eval mode
+and restores every submodule's flag).
 """
 
 from __future__ import annotations
@@ -85,6 +83,7 @@ from relaxplug.lipschitz.head import head_distances, is_plain_linear
 from relaxplug.lipschitz.protocol import LipschitzRule, UnsupportedLayerError, check_no_hooks, lipschitz_rule
 from relaxplug.lipschitz.rounding import DEFAULT_LAYER_ULPS, LIBRARY_ULPS, ForwardError, dot_gamma, unit_roundoff
 from relaxplug.lipschitz.spectral import FLOAT_ALLOWANCE
+from relaxplug.lipschitz.torch_layers import padding_plan
 
 __all__ = ["LipschitzEstimator", "GraphLipschitzEstimator", "ACTIVATION_LIPSCHITZ", "LIPSCHITZ_MODES", "trace_model",
            "estimator_for", "init_lipschitz_state", "load_lipschitz_state"]
@@ -414,10 +413,14 @@ class _Leaf:
     in_shape: tuple[int, ...]
 
     def bound(self) -> float:
-        value = self.rule.bound(self.module, tuple(self.in_shape))
-        value = float(value)
+        """The declared bound (computed once per analysis: rules are rebuilt for every analysis)."""
+        cached = self.__dict__.get("_bound_value")
+        if cached is not None:
+            return cached
+        value = float(self.rule.bound(self.module, tuple(self.in_shape)))
         if not (math.isfinite(value) and value >= 0):
             raise UnsupportedLayerError(f"{self.rule.source} returned {value}, not a finite nonnegative bound")
+        self.__dict__["_bound_value"] = value
         return value
 
     def rounding(self, u: float, a_in: tuple[float, float], a_out: tuple[float, float], gain: float) -> tuple[float, float]:
@@ -585,7 +588,12 @@ def _diagonal_scale(replay: Callable[[Tensor], Tensor], shape: tuple[int, ...], 
     s = ratios[0][0]
     if not all(torch.allclose(r, s.expand_as(r), rtol=1e-12, atol=0) for r in ratios):
         return None
-    return s.abs() * _UP
+    s = torch.stack([r.abs().amax(0) for r in ratios]).amax(0)  # the larger quotient: rounds up
+    if s.dim() >= 1:  # a per-channel scaling: one value per channel (the largest), so it folds per channel
+        channel = s.reshape(s.shape[0], -1).amax(1).reshape(-1, *([1] * (s.dim() - 1)))
+        if torch.allclose(s, channel.expand_as(s), rtol=1e-12, atol=0):
+            s = channel
+    return s  # float64 quotients: relative error ~1e-16, covered by FLOAT_ALLOWANCE in the linear bounds
 
 
 def _copy_bound(replay: Callable[[Tensor], Tensor], shape: tuple[int, ...], device: torch.device, what: str) -> float:
@@ -1408,10 +1416,9 @@ class _RuleBuilder:
         hw = tuple(shape[1:])
         if padding_mode != "zeros":
             # the module pads with reflect/replicate/circular copies, then convolves unpadded
-            pad = tuple(reversed_padding)
-            probe_shape = (1, *shape)
-            pre_gain = _copy_bound(lambda t: F.pad(t, pad, mode=padding_mode), probe_shape, self.rec.device, self.what)
-            hw = tuple(h + pad[2 * (dims - 1 - i)] + pad[2 * (dims - 1 - i) + 1] for i, h in enumerate(hw))
+            kernel = tuple(weight.shape[2:])
+            pre_gain, hw = padding_plan(padding_mode, tuple(reversed_padding), tuple(shape), kernel,
+                                        _tuple(stride, dims), _tuple(dilation, dims))
             padding = 0
         if conv1d:
             stride, dilation = (1, _tuple(stride, 1)[0]), (1, _tuple(dilation, 1)[0])

@@ -36,6 +36,7 @@ __all__ = [
     "UnsupportedLayerError",
     "register_lipschitz",
     "registered_lipschitz",
+    "unregister_lipschitz",
     "lipschitz_rule",
     "check_no_hooks",
     "power_vector",
@@ -90,6 +91,13 @@ def register_lipschitz(cls: type, *, bound: LayerFn, estimate: LayerFn | None = 
     if cls in _REGISTRY and not replace:
         raise ValueError(f"a Lipschitz rule for {cls.__qualname__} is already registered (pass replace=True)")
     _REGISTRY[cls] = LipschitzRule(bound, estimate or bound, f"register_lipschitz({cls.__qualname__})")
+
+
+def unregister_lipschitz(cls: type) -> None:
+    """Remove the registered rule of ``cls`` (``KeyError`` when there is none)."""
+    if cls not in _REGISTRY:
+        raise KeyError(f"no Lipschitz rule is registered for {cls!r}")
+    del _REGISTRY[cls]
 
 
 def registered_lipschitz() -> list[type]:

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from relaxplug.lipschitz import spectral
 from relaxplug.lipschitz.protocol import power_vector, register_lipschitz
 
-__all__ = ["copy_count", "conv2d_bound", "linear_bound"]
+__all__ = ["copy_count", "conv2d_bound", "linear_bound", "padding_plan"]
 
 
 def copy_count(pad: tuple[int, ...], mode: str, shape: tuple[int, ...]) -> int:
@@ -32,13 +32,35 @@ def copy_count(pad: tuple[int, ...], mode: str, shape: tuple[int, ...]) -> int:
     return int(torch.bincount(out, minlength=n).max())
 
 
+def padding_plan(mode: str, pad: tuple[int, ...], shape: tuple[int, ...], kernel: tuple[int, ...],
+                 stride: tuple[int, ...], dilation: tuple[int, ...]) -> tuple[float, tuple[int, ...]]:
+    """How to bound a convolution after ``F.pad(x, pad, mode)`` (``shape`` per example, ``(C, *spatial)``).
+
+    Returns ``(gain, spatial size)``: the operator is at most ``gain`` times the norm of an
+    unpadded convolution on that size. Circular padding by at most ``k_eff - 1`` in total per
+    dimension with stride 1 is a cyclic shift of the circular correlation on the input's own
+    grid, cropped: gain 1 on the input size (the FFT bound on that grid). Otherwise the padding
+    copies coordinates: gain ``sqrt(copies)`` on the padded size.
+    """
+    spatial = tuple(int(v) for v in shape[1:])
+    dims = len(spatial)
+    before_after = [(pad[2 * (dims - 1 - i)], pad[2 * (dims - 1 - i) + 1]) for i in range(dims)]
+    effective = [d * (k - 1) + 1 for k, d in zip(kernel, dilation)]
+    if mode == "circular" and all(s == 1 for s in stride) and all(
+        lo + hi <= e - 1 and e <= n for (lo, hi), e, n in zip(before_after, effective, spatial)
+    ):
+        return 1.0, spatial
+    gain = math.sqrt(copy_count(pad, mode, tuple(shape)))
+    return gain, tuple(n + lo + hi for n, (lo, hi) in zip(spatial, before_after))
+
+
 def _padded(conv: nn.Conv2d, shape: tuple[int, ...]) -> tuple[float, tuple[int, int], object]:
-    """``(copy gain, spatial size the convolution sees, its zero padding)``."""
+    """``(gain, spatial size the convolution sees, its zero padding)``."""
     if conv.padding_mode == "zeros":
         return 1.0, (int(shape[1]), int(shape[2])), conv.padding
-    pad = tuple(conv._reversed_padding_repeated_twice)
-    gain = math.sqrt(copy_count(pad, conv.padding_mode, tuple(shape)))
-    return gain, (int(shape[1]) + pad[2] + pad[3], int(shape[2]) + pad[0] + pad[1]), 0
+    gain, hw = padding_plan(conv.padding_mode, tuple(conv._reversed_padding_repeated_twice), tuple(shape),
+                            conv.kernel_size, conv.stride, conv.dilation)
+    return gain, hw, 0
 
 
 def _check_shape(module: nn.Module, shape: tuple[int, ...], rank: int) -> None:
