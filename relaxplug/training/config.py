@@ -250,6 +250,7 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Train
     data = yaml.safe_load(file.read_text()) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{file}: a config is a mapping of keys to values")
+    data.pop("target", None)  # the published figure of a reproduction config (relaxplug reproduce)
     return _from_mapping(_merge_overrides(data, overrides), str(file))
 
 
