@@ -195,6 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_train.add_argument("--device", type=_device, default=None, help="auto | cpu | cuda | cuda:N (overrides the config's device:)")
     p_train.add_argument("--quiet", action="store_true", help="no progress bars")
 
+    p_repro = sub.add_parser("reproduce", help="train (or resume) configs with a target, certify, compare with the published VRA")
+    p_repro.add_argument("configs", nargs="+", help="reproduction configs (configs/*_liresnet*.yaml)")
+    p_repro.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a key of every config (repeatable)")
+    p_repro.add_argument("--quiet", action="store_true", help="no progress bars")
+
     p_eval = sub.add_parser("eval", help="certify a checkpoint on a data set")
     p_eval.add_argument("--certifier", type=_certifier, default="gloro", help=f"one of {', '.join(_known_certifiers())}")
     p_eval.add_argument("--lipschitz", choices=("sound", "power"), default="sound", help="gloro: provable bounds (default) or converged power iteration")
@@ -393,6 +398,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from relaxplug.training.reproduce import format_table, reproduce
+
+    print(format_table(reproduce(args.configs, args.overrides, progress=not args.quiet)))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from relaxplug.demo import run_demo
 
@@ -432,7 +444,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "demo": _cmd_demo, "compare": _cmd_compare, "attack": _cmd_attack, "groups": _cmd_groups, "list": _cmd_list}
+COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "demo": _cmd_demo, "compare": _cmd_compare, "attack": _cmd_attack, "groups": _cmd_groups, "list": _cmd_list, "reproduce": _cmd_reproduce}
 
 
 class NothingMeasured(RunFailure):

@@ -79,7 +79,7 @@ from torch.fx.node import map_arg
 
 from relaxplug.lipschitz import spectral
 from relaxplug.lipschitz.cache import POWER_VECTOR_PREFIX, ComputationSnapshot
-from relaxplug.lipschitz.head import head_distances
+from relaxplug.lipschitz.head import head_distances, is_plain_linear
 from relaxplug.lipschitz.protocol import LipschitzRule, UnsupportedLayerError, check_no_hooks, lipschitz_rule
 from relaxplug.lipschitz.rounding import DEFAULT_LAYER_ULPS, LIBRARY_ULPS, ForwardError, dot_gamma, unit_roundoff
 from relaxplug.lipschitz.spectral import FLOAT_ALLOWANCE
@@ -363,6 +363,8 @@ class _Linear:
     def estimate(self) -> Tensor:
         """Differentiable training estimate, by the module's registered rule."""
         rule = lipschitz_rule(self.module) if self.module is not None else None
+        if rule is None and self.module is not None and is_plain_linear(self.module):
+            rule = lipschitz_rule(nn.Linear(1, 1))  # a parametrized nn.Linear: nn.Linear's own rule
         if rule is None:
             raise UnsupportedLayerError(
                 "a functional F.linear/F.conv call has no persistent power-iteration state for training; write it "
@@ -1197,7 +1199,7 @@ class _RuleBuilder:
         """Built-in modules by *exact* class (a subclass may compute something else: it is traced into
         when it is not a torch.nn class, refused otherwise); protocol layers by their rule."""
         cls = type(m)
-        if cls is nn.Linear:
+        if is_plain_linear(m):
             return self.linear(self.single_input(), m.weight, m)
         if cls in (nn.Conv1d, nn.Conv2d):
             source = self.single_input()

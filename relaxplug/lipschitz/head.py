@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from relaxplug.lipschitz.protocol import UnsupportedLayerError
 
-__all__ = ["head_distances", "split_head"]
+__all__ = ["head_distances", "split_head", "is_plain_linear"]
 
 
 def head_distances(weight: Tensor) -> Tensor:
@@ -16,6 +17,17 @@ def head_distances(weight: Tensor) -> Tensor:
     Computed by explicit differences (no ``|a|^2 + |b|^2 - 2ab`` cancellation).
     """
     return torch.cdist(weight[None], weight[None], compute_mode="donot_use_mm_for_euclid_dist")[0]
+
+
+def is_plain_linear(module: nn.Module) -> bool:
+    """``nn.Linear`` itself, or an ``nn.Linear`` whose parameters carry ``torch.nn.utils.parametrize``
+    parametrizations (e.g. last-layer normalization): its class is then a generated subclass that
+    keeps ``nn.Linear.forward``, which reads ``weight`` through the parametrization, so the layer
+    computes ``x W^T + b`` with ``W = module.weight`` exactly as every reader of ``weight`` sees it."""
+    cls = type(module)
+    if cls is nn.Linear:
+        return True
+    return parametrize.is_parametrized(module) and cls.__bases__ == (nn.Linear,) and cls.forward is nn.Linear.forward
 
 
 def _leaves(module: nn.Module) -> list[nn.Module]:
@@ -28,7 +40,7 @@ def split_head(model: nn.Module) -> tuple[list[nn.Module], nn.Linear]:
     """Flatten nested (exact) ``nn.Sequential`` containers; return (body layers, final ``nn.Linear`` head)."""
     layers = _leaves(model)
     head = layers[-1]
-    if type(head) is not nn.Linear:
+    if not is_plain_linear(head):
         raise UnsupportedLayerError(
             f"the model must end in nn.Linear (the logit layer), found {type(head).__name__}; "
             "build it as nn.Sequential(..., nn.Linear(features, n_classes))"

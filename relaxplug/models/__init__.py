@@ -1,6 +1,8 @@
 """Models: 1-Lipschitz-friendly layers, registered architectures, and checkpoints."""
 
 from relaxplug.models import layers as layers
+from relaxplug.models import liresnet as liresnet  # registers liresnet*, bronet* architectures
+from relaxplug.models import orthogonal as orthogonal
 from relaxplug.models.architectures import ARCHITECTURES as ARCHITECTURES
 from relaxplug.models.architectures import build_model as build_model
 from relaxplug.models.architectures import list_architectures as list_architectures
@@ -16,8 +18,10 @@ __all__ = [
     "LoadedCheckpoint",
     "build_model",
     "layers",
+    "liresnet",
     "list_architectures",
     "load_checkpoint",
+    "orthogonal",
     "register_architecture",
     "save_checkpoint",
 ]

@@ -32,7 +32,9 @@ from relaxplug.training.methods import METHODS, RunSettings
 from relaxplug.training.optim import OPTIMIZERS
 from relaxplug.training.schedules import parse_schedule
 
-__all__ = ["EMASection", "OptimizerSection", "TrainConfig", "apply_overrides", "config_to_dict", "load_config"]
+__all__ = [
+    "EMASection", "OptimizerSection", "TrainConfig", "apply_overrides", "config_from_mapping", "config_to_dict", "load_config",
+]
 
 
 def _positive_int(value: object, name: str, minimum: int = 1) -> None:
@@ -301,7 +303,13 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Train
         raise ValueError(f"config {file} is empty: give at least the keys to change (see configs/)")
     if not isinstance(data, dict):
         raise ValueError(f"{file}: a config is a mapping of keys to values, got {type(data).__name__}")
+    data.pop("target", None)  # the published figure of a reproduction config (relaxplug reproduce)
     return _from_mapping(_merge_overrides(data, overrides), str(file))
+
+
+def config_from_mapping(data: dict, source: str, overrides: Sequence[str] = ()) -> TrainConfig:
+    """A config from an already-parsed YAML mapping (``source`` names it in errors), with overrides."""
+    return _from_mapping(_merge_overrides(data, overrides), source)
 
 
 def _yaml_problem(error: yaml.YAMLError) -> str:

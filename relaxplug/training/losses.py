@@ -17,6 +17,11 @@ Use them without the wrapper: ``g = gloro_instrumented(logits, K, eps, guarantee
 ``gloro_cross_entropy(g, y)`` or ``gloro_trades(g, y, lam)``; or by name through
 :data:`GLORO_LOSSES` (what :class:`relaxplug.GloRoNet` does).
 
+Margin losses of the state-of-the-art Lipschitz networks, for every guarantee
+(:mod:`relaxplug.training.margin_losses`): EMMA (Hu et al. 2024) and logit annealing (LA; Lai
+et al. 2025), on the clean logits and ``K`` rather than on ``g``: ``emma_loss(logits, y, K, eps,
+guarantee)``, ``logit_annealing_loss(...)``; by name through :data:`MARGIN_LOSSES`.
+
 Bound-propagation training: :class:`CrownIBPLoss` (CROWN-IBP, Zhang et al. 2020, standard and
 IGRP, on the auto_LiRPA glue the certifiers use; :mod:`relaxplug.training.crown_ibp` states its
 equations) and its robust cross-entropy ``log(1 + sum_i exp(-l_i))``.
@@ -33,9 +38,15 @@ from torch import Tensor
 from relaxplug.adapters import Guarantee
 from relaxplug.certifiers.gloro import gloro_lower_bounds
 from relaxplug.training.crown_ibp import CrownIBPLoss, CrownIBPSchedule, robust_cross_entropy
+from relaxplug.training.margin_losses import MARGIN_LOSSES, annealed_cross_entropy, emma_loss, logit_annealing_loss, robust_logits
 
 __all__ = [
     "GLORO_LOSSES",
+    "MARGIN_LOSSES",
+    "annealed_cross_entropy",
+    "emma_loss",
+    "logit_annealing_loss",
+    "robust_logits",
     "CrownIBPLoss",
     "CrownIBPSchedule",
     "gloro_cross_entropy",

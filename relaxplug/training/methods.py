@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from relaxplug.adapters import Guarantee
 from relaxplug.registry import Registry
 from relaxplug.training.crown_ibp import CrownIBPLoss, CrownIBPSchedule
-from relaxplug.training.losses import GLORO_LOSSES
+from relaxplug.training.losses import GLORO_LOSSES, MARGIN_LOSSES
 from relaxplug.training.schedules import parse_schedule
 from relaxplug.training.wrapper import GloRoNet
 
@@ -132,16 +132,28 @@ def _check_norm(method: str, norm: float, allowed: tuple[float, ...]) -> None:
 
 @dataclass(frozen=True)
 class GloRoSection:
-    """``loss``: ``ce`` or ``trades``; ``trades_lambda``: a schedule (Table F1 notation);
-    ``power_iterations``: per layer and batch."""
+    """``loss``: ``ce``, ``trades``, ``emma`` or ``la`` (EMMA and logit annealing,
+    :mod:`relaxplug.training.margin_losses`); ``trades_lambda``: a schedule (Table F1 notation);
+    ``power_iterations``: per layer and batch; ``la_temperature``, ``la_offset``, ``la_gamma``:
+    logit annealing's (Lai et al. 2025: 0.75, 2.0, 5.0)."""
 
     loss: str = "trades"
     trades_lambda: str = "0.01 -> 1.2 log half"
     power_iterations: int = 2
+    la_temperature: float = 0.75
+    la_offset: float = 2.0
+    la_gamma: float = 5.0
 
     def __post_init__(self) -> None:
-        if self.loss not in GLORO_LOSSES:
-            raise ValueError(f"gloro.loss must be one of {sorted(GLORO_LOSSES)}, got {self.loss!r}")
+        known = sorted(GLORO_LOSSES) + list(MARGIN_LOSSES)
+        if self.loss not in known:
+            raise ValueError(f"gloro.loss must be one of {known}, got {self.loss!r}")
+        for name in ("la_temperature", "la_offset", "la_gamma"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"gloro.{name} must be a finite number >= 0, got {value!r}")
+        if self.la_temperature == 0:
+            raise ValueError("gloro.la_temperature must be > 0")
         parse_schedule(self.trades_lambda)
         value = self.power_iterations
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -161,7 +173,8 @@ class GloRoMethod(TrainingMethod):
     def __init__(self, model, guarantee, section: GloRoSection, run, example, n_classes):
         super().__init__(model, guarantee, section, run, example, n_classes)
         self.net = GloRoNet(model, run.eps, guarantee, input_shape=example.shape[1:], loss=section.loss,
-                            power_iterations=section.power_iterations)
+                            power_iterations=section.power_iterations,
+                            annealing=(section.la_temperature, section.la_offset, section.la_gamma))
         self.module = self.net
         self.lam = parse_schedule(section.trades_lambda)
 

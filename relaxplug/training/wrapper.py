@@ -28,7 +28,7 @@ from relaxplug.adapters import Guarantee, resolve_guarantee
 from relaxplug.adapters.certificate import Certificate
 from relaxplug.certifiers.certify import certify
 from relaxplug.lipschitz import LipschitzEstimator, estimator_for, head_distances, init_lipschitz_state
-from relaxplug.training.losses import gloro_instrumented, gloro_loss
+from relaxplug.training.losses import MARGIN_LOSSES, emma_loss, gloro_instrumented, gloro_loss, logit_annealing_loss
 
 __all__ = ["GloRoNet"]
 
@@ -41,8 +41,11 @@ class GloRoNet(nn.Module):
             ``register_lipschitz``), ending in the ``nn.Linear`` logit layer.
         eps: training radius (L2); may be changed between steps (``net.eps = ...``) for a ramp.
         guarantee: a guarantee name (``"rtk:2"``) or instance, built-in or user-registered.
-        input_shape: one input's shape ``(C, H, W)`` or ``(d,)`` (traces the model, sizes the vectors).
-        loss: ``"ce"`` or ``"trades"`` (:data:`relaxplug.training.losses.GLORO_LOSSES`).
+        input_shape: one input's shape ``(C, H, W)`` or ``(d,)`` (sizes the power vectors).
+        loss: ``"ce"`` or ``"trades"`` (:data:`relaxplug.training.losses.GLORO_LOSSES`), or
+            ``"emma"`` / ``"la"`` (:data:`relaxplug.training.losses.MARGIN_LOSSES`: computed from
+            the clean logits ``g(x)[:, :n]`` and the ``K`` of the same forward pass).
+        annealing: LA's ``(temperature, offset, gamma)`` (Lai et al. 2025's defaults).
         trades_lambda: TRADES weight ``lambda`` (settable per epoch).
         power_iterations: power-iteration steps per layer and forward pass.
         sets: sets for a bare ``"affinity"``/``"superclass"``/``"igrp:..."`` guarantee name.
@@ -61,6 +64,7 @@ class GloRoNet(nn.Module):
         trades_lambda: float = 1.0,
         power_iterations: int = 2,
         sets: Sequence[Sequence[int]] | None = None,
+        annealing: tuple[float, float, float] = (0.75, 2.0, 5.0),
     ):
         super().__init__()
         if isinstance(power_iterations, bool) or not isinstance(power_iterations, int) or power_iterations < 1:
@@ -70,7 +74,9 @@ class GloRoNet(nn.Module):
         self.guarantee = resolve_guarantee(guarantee, sets=sets)
         self.input_shape = tuple(int(s) for s in input_shape)
         self.loss_name = loss
-        self._loss = gloro_loss(loss)
+        self._loss = None if loss in MARGIN_LOSSES else gloro_loss(loss)
+        self.annealing = tuple(float(v) for v in annealing)
+        self._pair: Tensor | None = None  # K of the last train-mode forward (the margin losses read it)
         self.trades_lambda = float(trades_lambda)
         self.power_iterations = power_iterations
         init_lipschitz_state(model, self.input_shape)  # the power vectors exist from here on
@@ -94,12 +100,25 @@ class GloRoNet(nn.Module):
         # estimate and the margins are computed in (at least) float32 from upcast logits
         with torch.autocast(logits.device.type, enabled=False):
             logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-            return gloro_instrumented(logits, self.pair_lipschitz(), self.eps, self.guarantee)  # (B, n + 1)
+            pair = self.pair_lipschitz()
+            if self._loss is None:
+                self._pair = pair  # read (and released) by criterion
+            return gloro_instrumented(logits, pair, self.eps, self.guarantee)  # (B, n + 1)
 
     def criterion(self, output: Tensor, labels: Tensor) -> Tensor:
         """The configured loss of a train-mode ``forward`` output ``g(x)`` (use this under DDP:
-        ``net.module.criterion(ddp_net(x), y)``)."""
-        return self._loss(output, labels, self.trades_lambda)
+        ``net.module.criterion(ddp_net(x), y)``). EMMA and LA read the clean logits of ``output``
+        and the ``K`` its forward pass computed."""
+        if self._loss is not None:
+            return self._loss(output, labels, self.trades_lambda)
+        if self._pair is None:
+            raise RuntimeError(f"loss {self.loss_name!r} needs the output of a train-mode forward pass first")
+        logits, pair = output[:, :-1], self._pair
+        self._pair = None  # hold no autograd graph beyond the step (deep copies, EMA)
+        if self.loss_name == "emma":
+            return emma_loss(logits, labels, pair, self.eps, self.guarantee)
+        temperature, offset, gamma = self.annealing
+        return logit_annealing_loss(logits, labels, pair, self.eps, self.guarantee, temperature, offset, gamma)
 
     def loss(self, x: Tensor, labels: Tensor) -> Tensor:
         """The configured GloRo loss of a batch (train mode; one forward pass)."""
