@@ -119,7 +119,7 @@ def test_version_and_help(capsys):
 
 @pytest.mark.parametrize("args, words", [
     (["eval", "--checkpoint", "x.pt", "--norm", "abc"], "norm must be 2 or inf, got 'abc'"),
-    (["eval", "--checkpoint", "x.pt", "--norm", "1"], "certifies 2 (L2) or inf (Linf)"),
+    (["eval", "--checkpoint", "x.pt", "--norm", "1"], "norm must be 2 or inf, got '1'"),
     (["eval", "--checkpoint", "x.pt", "--device", "tpu"], "unknown device 'tpu'"),
     (["eval", "--checkpoint", "x.pt", "--limit", "0"], "--limit: must be a positive integer"),
     (["eval", "--checkpoint", "x.pt", "--eps", "-1"], "must be a finite radius >= 0"),

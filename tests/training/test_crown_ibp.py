@@ -272,7 +272,7 @@ def test_gloro_igrp_variant_trains_on_both_radii(tmp_path):
     ({"warmup_epochs": 3, "eps_ramp_epochs": 2}, "exceeds epochs"),
     ({"kappa": "1 -> 0 half"}, "follows the eps ramp"),
     ({"beta": "2 -> 0"}, r"weight in \[0, 1\]"),
-    ({"norm": 1.0}, "norm 2 or inf"),
+    ({"norm": 1.0}, "norm must be 2 or inf"),
     ({"method": "gloro", "norm": 2.0, "kappa": "1 -> 0"}, r"section 'gloro': unknown key\(s\) \['kappa'\]"),
     ({"method": "gloro", "norm": 2.0, "warmup_epochs": 1}, r"section 'gloro': unknown key\(s\) \['warmup_epochs'\]"),
     ({"method": "gloro", "norm": math.inf}, "method gloro trains for norm 2"),
