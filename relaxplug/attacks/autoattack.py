@@ -104,7 +104,7 @@ def autoattack_accuracy(
     with eval_mode(model):
         attack = AutoAttack(wrapped, norm="Linf" if norm == float("inf") else "L2", eps=eps / scale, seed=seed,
                             version="custom" if fast else "standard", device=x.device)
-        attack.verbose = False
+        attack.verbose = settings.progress  # AutoAttack prints its own per-attack progress
         if fast:
             attack.attacks_to_run = ["apgd-ce", "apgd-t"]
             for sub in (attack.apgd, attack.apgd_targeted):

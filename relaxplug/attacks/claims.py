@@ -12,6 +12,7 @@ from typing import Sequence
 
 import torch
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from relaxplug.adapters import Guarantee
 from relaxplug.adapters.certificate import Certificate
@@ -62,7 +63,9 @@ def _attack_batch(model: nn.Module, x: Tensor, claim: Claim, norm: Norm, setting
     clean = batched_logits(model, xs, settings.batch_size)
     rows, run_w, run_l = _runs(clean, winners, losers, settings.targets)
     worst = torch.empty(rows.numel(), dtype=clean.dtype, device=x.device)
-    for chunk, start in enumerate(range(0, rows.numel(), settings.batch_size)):
+    chunks = tqdm(range(0, rows.numel(), settings.batch_size), desc=f"attack claim {claim.name!r} (eps={claim.eps:g})",
+                  unit="batch", disable=not settings.progress, leave=False)
+    for chunk, start in enumerate(chunks):
         part = slice(start, start + settings.batch_size)
         r = rows[part]
         _, x_adv = pgd_claim_attack(model, xs[r], run_w[part], run_l[part], claim.eps, norm, settings.steps,

@@ -103,7 +103,7 @@ def attack_report(
         attacked), ``broken`` and ``broken_points`` (indices into ``data``; per claim name in
         ``broken_claims``), ``autoattack_accuracy`` (top-1 at ``autoattack_eps``).
     """
-    settings = settings or AttackSettings()
+    settings = replace(settings or AttackSettings(), progress=progress)
     norm = Norm(norm)
     x, y = as_tensors(data, limit)
     if device is not None:

@@ -21,6 +21,7 @@ class AttackSettings:
         seed: seed of the random starts.
         autoattack: also run AutoAttack on the top-1 claims (``autoattack_fast``: APGD-CE and
             APGD-T only, ``autoattack_iterations`` iterations).
+        progress: show a progress bar per claim batch and AutoAttack's own progress lines.
     """
 
     steps: int = 50
@@ -32,6 +33,7 @@ class AttackSettings:
     autoattack: bool = True
     autoattack_fast: bool = False
     autoattack_iterations: int = 20
+    progress: bool = False
 
     def __post_init__(self) -> None:
         for name, low in (("steps", 1), ("restarts", 0), ("targets", 0), ("batch_size", 1), ("autoattack_iterations", 1)):

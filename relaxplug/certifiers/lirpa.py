@@ -30,6 +30,7 @@ from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from relaxplug import lirpa as glue
 from relaxplug.adapters import Guarantee, MarginRequest
@@ -317,18 +318,24 @@ class LirpaCertifier(Certifier):
                 lo[idx[ok]] = torch.maximum(lo[idx[ok]], torch.tensor(value, dtype=dtype))
                 hi[idx[~ok]] = torch.minimum(hi[idx[~ok]], torch.tensor(value, dtype=dtype))
 
-        for _ in range(25):  # bracket: double while certified, halve while rejected
-            active = torch.isinf(hi) | ((lo == 0) & (hi > tiny))
-            if not bool(active.any()):
-                break
-            probe = torch.where(torch.isinf(hi), torch.where(lo > 0, 2 * lo, torch.full_like(lo, start)), hi / 2)
-            evaluate(active)
-        for _ in range(self.radius_bisection):
-            active = torch.isfinite(hi) & (hi > lo)
-            if not bool(active.any()):
-                break
-            probe = torch.where(active, (lo + hi) / 2, probe)
-            evaluate(active)
+        # a bar on terminals (disable=None): each step costs about one certification of the batch
+        with tqdm(total=25 + self.radius_bisection, desc=f"{self.name} radius", unit="step", leave=False,
+                  disable=None) as bar:
+            for _ in range(25):  # bracket: double while certified, halve while rejected
+                active = torch.isinf(hi) | ((lo == 0) & (hi > tiny))
+                if not bool(active.any()):
+                    break
+                probe = torch.where(torch.isinf(hi), torch.where(lo > 0, 2 * lo, torch.full_like(lo, start)), hi / 2)
+                evaluate(active)
+                bar.update()
+            bar.total = bar.n + self.radius_bisection
+            for _ in range(self.radius_bisection):
+                active = torch.isfinite(hi) & (hi > lo)
+                if not bool(active.any()):
+                    break
+                probe = torch.where(active, (lo + hi) / 2, probe)
+                evaluate(active)
+                bar.update()
         radius = lo.to(logits.dtype)
         # never round a certified radius up when narrowing the dtype
         radius = torch.where(radius.double() > lo, torch.nextafter(radius, torch.zeros_like(radius)), radius)

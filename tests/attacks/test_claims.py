@@ -96,3 +96,13 @@ def lambda_module():
             return self.lin(x), x
 
     return Pair()
+
+
+def test_attacks_show_progress_only_when_asked(capsys):
+    model = nn.Sequential(nn.Linear(4, 3)).eval()
+    x = torch.randn(6, 4)
+    cert = rp.certify(model, x, 0.01, 2, "gloro", "standard")
+    check_certificates(model, x, cert, settings=AttackSettings(steps=2, restarts=0, batch_size=2, progress=True))
+    assert "attack claim 'set'" in capsys.readouterr().err
+    check_certificates(model, x, cert, settings=AttackSettings(steps=2, restarts=0, batch_size=2))
+    assert "attack claim" not in capsys.readouterr().err
