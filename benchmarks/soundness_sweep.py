@@ -14,6 +14,7 @@ Usage: python benchmarks/soundness_sweep.py [--fast] [--certifiers gloro,crown] 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import sys
 
@@ -21,7 +22,7 @@ import torch
 
 from relaxplug.certifiers import list_certifiers
 from relaxplug.evaluation.report import format_table, write_json
-from relaxplug.attacks.soundness import SWEEP_COLUMNS, soundness_sweep
+from relaxplug.attacks.soundness import ADVERSARIAL, SWEEP_COLUMNS, SweepSettings, soundness_sweep
 
 
 def _load_optional_certifiers() -> None:
@@ -43,13 +44,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-going", action="store_true", help="record a certifier's error and go on")
     parser.add_argument("--all-rows", action="store_true", help="print every combination, not only the totals")
     parser.add_argument("--json", default=None, help="write every row to this JSON file")
+    parser.add_argument("--nets", choices=("default", "adversarial"), default="default",
+                        help="'adversarial': only the models built to break a certifier (subclassed layers, huge "
+                             "intermediate values, padding modes, state changed after a first call)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     _load_optional_certifiers()
     names = [n.strip() for n in args.certifiers.split(",") if n.strip()] if args.certifiers else None
 
-    result = soundness_sweep(fast=args.fast, certifiers=names, seed=args.seed, keep_going=args.keep_going,
+    settings = SweepSettings.fast() if args.fast else SweepSettings.full()
+    if args.nets == "adversarial":
+        settings = dataclasses.replace(settings, random_nets=tuple(ADVERSARIAL), trained_nets=tuple(ADVERSARIAL))
+    result = soundness_sweep(certifiers=names, seed=args.seed, settings=settings, keep_going=args.keep_going,
                              log=lambda line: print(line, file=sys.stderr, flush=True))
     if args.all_rows:
         print(format_table(result.rows, (*SWEEP_COLUMNS, "seconds")))

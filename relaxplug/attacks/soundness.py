@@ -45,6 +45,8 @@ __all__ = [
     "soundness_sweep",
     "train_briefly",
     "SWEEP_COLUMNS",
+    "ADVERSARIAL",
+    "ARCHITECTURES",
 ]
 
 SWEEP_COLUMNS = ("net", "norm", "eps", "certifier", "guarantee", "points", "certified", "sizes", "claims", "attacked",
@@ -77,7 +79,7 @@ class SweepSettings:
 
     @classmethod
     def full(cls) -> "SweepSettings":
-        archs = tuple(ARCHITECTURES)
+        archs = (*ARCHITECTURES, *ADVERSARIAL)
         return cls(points=200, train_steps=400, eps_scales=(0.5, 1.0, 2.0), steps=100, restarts=3,
                    random_nets=archs, trained_nets=archs,
                    certifier_options=(("alpha-crown", (("iterations", 5),)),))
@@ -103,11 +105,70 @@ def _conv(input_shape: tuple[int, ...], n_classes: int) -> nn.Sequential:
     )
 
 
+class _ScaledLinear(nn.Linear):
+    """A user's subclass whose ``forward`` is not ``nn.Linear``'s: ``10 W x + b``. A certifier
+    must bound what runs, not the parent class's rule."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return 10.0 * F.linear(x, self.weight, self.bias)
+
+
+def _subclassed(input_shape: tuple[int, ...], n_classes: int) -> nn.Sequential:
+    d = math.prod(input_shape)
+    return nn.Sequential(nn.Flatten(), _ScaledLinear(d, 32), nn.ReLU(), nn.Linear(32, 32), MinMax(),
+                         nn.Linear(32, n_classes))
+
+
+def _huge_intermediate(input_shape: tuple[int, ...], n_classes: int) -> nn.Sequential:
+    """Hidden activations of about 1e4 that the next layer scales back: float32 rounding grows
+    with them, not with the logits."""
+    model = _dense(MinMax)(input_shape, n_classes)
+    with torch.no_grad():
+        model[1].weight.mul_(1e4)
+        model[1].bias.mul_(1e4)
+        model[3].weight.mul_(1e-4)
+    return model
+
+
+def _padded_conv(mode: str) -> Callable[[tuple[int, ...], int], nn.Sequential]:
+    def build(input_shape: tuple[int, ...], n_classes: int) -> nn.Sequential:
+        c, h, w = input_shape
+        return nn.Sequential(
+            nn.Conv2d(c, 8, 3, padding=1, padding_mode=mode), MinMax(), InvertibleDownsample(2),
+            nn.Flatten(), nn.Linear(32 * (h // 2) * (w // 2), n_classes),
+        )
+
+    return build
+
+
+def _stale_after_first_use(input_shape: tuple[int, ...], n_classes: int) -> nn.Sequential:
+    """Certified once (every cache filled), then changed the ways that bypass version counters:
+    a write through ``.data`` that scales the head 30x, and a replaced submodule."""
+    model = _dense(MinMax)(input_shape, n_classes).eval()
+    probe = torch.randn(4, *input_shape)
+    for name in list_certifiers():
+        certify(model, probe, 0.01, 2 if 2.0 in get_certifier(name).norms else "inf", name, "standard", radius=False)
+    model[-1].weight.data.mul_(30.0)
+    model[3] = nn.Linear(32, 32)
+    return model
+
+
 #: name -> (constructor, input shape, number of classes)
 ARCHITECTURES: dict[str, tuple[Callable[[tuple[int, ...], int], nn.Sequential], tuple[int, ...], int]] = {
     "dense-minmax": (_dense(MinMax), (10,), 5),
     "dense-relu": (_dense(nn.ReLU), (10,), 6),
     "conv-minmax": (_conv, (2, 8, 8), 4),
+}
+
+#: models built to break a certifier (issue classes: what runs vs. what is bounded, float rounding
+#: at large intermediate magnitudes, padding modes, state changed after a first call); the full
+#: sweep runs them with the others, ``benchmarks/soundness_sweep.py --nets adversarial`` alone
+ADVERSARIAL: dict[str, tuple[Callable[[tuple[int, ...], int], nn.Sequential], tuple[int, ...], int]] = {
+    "dense-subclassed-linear": (_subclassed, (10,), 5),
+    "dense-huge-intermediate": (_huge_intermediate, (10,), 5),
+    "conv-reflect-padding": (_padded_conv("reflect"), (2, 8, 8), 4),
+    "conv-circular-padding": (_padded_conv("circular"), (2, 8, 8), 4),
+    "dense-stale-after-first-use": (_stale_after_first_use, (10,), 5),
 }
 
 
@@ -149,7 +210,7 @@ def sweep_nets(settings: SweepSettings, seed: int = 0) -> list[SweepNet]:
     nets = []
     for trained, names in ((False, settings.random_nets), (True, settings.trained_nets)):
         for index, name in enumerate(names):
-            build, shape, n_classes = ARCHITECTURES[name]
+            build, shape, n_classes = {**ARCHITECTURES, **ADVERSARIAL}[name]
             net_seed = seed * 1000 + 10 * index + trained
             generator = torch.Generator().manual_seed(net_seed)
             train_x, train_y, centres = cluster_data(shape, n_classes, 256, generator)
