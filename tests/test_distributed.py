@@ -187,11 +187,15 @@ def test_the_weight_tolerance_catches_a_different_batch(tmp_path, one_process_ru
     assert control > 10 * WEIGHT_TOLERANCE
 
 
-def test_killed_mid_epoch_resumes_with_another_process_count(tmp_path, one_process_run):
+def test_killed_mid_epoch_resumes_with_another_process_count(tmp_path):
     """``torchrun -m relaxplug train`` with 2 processes, killed (SIGKILL, whole process group)
     right after its first checkpoint, resumes under 1 process and ends where an uninterrupted
-    1-process run ends (same global batches: the data order depends on seed and epoch only)."""
-    path = _config(tmp_path, "killed")
+    1-process run ends (same global batches: the data order depends on seed and epoch only).
+    Six epochs leave five epochs of margin between the first checkpoint and the end of the run,
+    so the kill lands mid-run however late the polling process is scheduled on a loaded machine."""
+    epochs = 6
+    reference = _train(tmp_path, "reference", 1, epochs=epochs)[0]
+    path = _config(tmp_path, "killed", epochs=epochs)
     checkpoint = tmp_path / "killed" / "checkpoint.pt"
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
@@ -207,12 +211,13 @@ def test_killed_mid_epoch_resumes_with_another_process_count(tmp_path, one_proce
         run.wait(timeout=60)
     assert run.returncode == -signal.SIGKILL  # killed, not finished
     epoch = load_checkpoint(checkpoint).metadata["epoch"]
-    assert epoch == 1  # killed in epoch 2 of 2
+    assert 1 <= epoch < epochs  # killed mid-run
     done = torchrun(1, "-m", "relaxplug", "train", str(path), "--quiet", timeout=300)
     assert "trained ddp" in done.stdout
     resumed = load_checkpoint(checkpoint)
-    assert resumed.metadata["epoch"] == 2
-    difference = _max_difference(resumed.model.state_dict(), one_process_run)
+    assert resumed.metadata["epoch"] == epochs
+    difference = _max_difference(resumed.model.state_dict(), reference)
+    print(f"killed at epoch {epoch} under 2 processes, resumed under 1: largest difference {difference:.3g}")
     assert difference <= WEIGHT_TOLERANCE, difference
 
 
