@@ -145,7 +145,36 @@ def _one(ref: Tensor) -> Tensor:
     return torch.ones((), dtype=ref.dtype, device=ref.device)
 
 
-class CholeskyLinear(nn.Module):
+class _OrthogonalDense(nn.Module):
+    """A dense layer ``W x + b`` whose ``W`` (``weight()``, from the trainable ``raw``) is
+    orthogonal by construction: the forward pass and the Lipschitz protocol shared by
+    :class:`CholeskyLinear` and :class:`BROLinear`."""
+
+    raw: nn.Parameter
+    bias: nn.Parameter | None
+
+    def weight(self) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight(), self.bias)
+
+    def lipschitz_bound(self, input_shape: Sequence[int]) -> Tensor:
+        """Sound: ``(1 + FLOAT_ALLOWANCE) * sigma_max(W)`` by a float64 SVD of the weight the
+        forward pass uses (orthogonality is not assumed)."""
+        with torch.no_grad():
+            w = self.weight()
+        return _bound_tensor(spectral.dense_spectral_norm(w), w)
+
+    def lipschitz_estimate(self, input_shape: Sequence[int]) -> Tensor:
+        return _one(self.raw)
+
+    def lipschitz_rounding(self, input_shape: Sequence[int]) -> tuple[float, float]:
+        with torch.no_grad():
+            return affine_rounding(self.weight(), self.bias)
+
+
+class CholeskyLinear(_OrthogonalDense):
     """Dense layer ``x -> W x + b`` with ``W = cholesky_orthogonalize(V)``.
 
     With ``residual=True`` (square only) ``V = I + gamma * V0 / sqrt(depth)`` (the Recipe's
@@ -177,22 +206,6 @@ class CholeskyLinear(nn.Module):
     def _orthogonalize(self) -> Tensor:
         v = self.identity + self.gamma * self.raw * self.scale if self.residual else self.raw
         return cholesky_orthogonalize(v)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.weight(), self.bias)
-
-    def lipschitz_bound(self, input_shape: Sequence[int]) -> Tensor:
-        """Sound: ``(1 + FLOAT_ALLOWANCE) * sigma_max(W)`` by a float64 SVD."""
-        with torch.no_grad():
-            w = self.weight()
-        return _bound_tensor(spectral.dense_spectral_norm(w), w)
-
-    def lipschitz_estimate(self, input_shape: Sequence[int]) -> Tensor:
-        return _one(self.raw)
-
-    def lipschitz_rounding(self, input_shape: Sequence[int]) -> tuple[float, float]:
-        with torch.no_grad():
-            return affine_rounding(self.weight(), self.bias)
 
     def extra_repr(self) -> str:
         return f"{self.in_features} -> {self.out_features}, residual={self.residual}"
@@ -249,7 +262,7 @@ class CholeskyPatchConv2d(nn.Module):
         return f"{self.in_channels} -> {self.out_channels}, patch={self.patch}"
 
 
-class BROLinear(nn.Module):
+class BROLinear(_OrthogonalDense):
     """Dense BRO layer ``x -> W[:out, :in] x + b`` with ``W = block_reflector(V)``, ``V`` of shape
     ``(max(in, out), rank)`` (a slice of a unitary matrix has norm <= 1).
 
@@ -272,21 +285,6 @@ class BROLinear(nn.Module):
         return self._derived.get(
             self.training, (self.raw,), lambda: block_reflector(self.raw)[: self.out_features, : self.in_features]
         )
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.weight(), self.bias)
-
-    def lipschitz_bound(self, input_shape: Sequence[int]) -> Tensor:
-        with torch.no_grad():
-            w = self.weight()
-        return _bound_tensor(spectral.dense_spectral_norm(w), w)
-
-    def lipschitz_estimate(self, input_shape: Sequence[int]) -> Tensor:
-        return _one(self.raw)
-
-    def lipschitz_rounding(self, input_shape: Sequence[int]) -> tuple[float, float]:
-        with torch.no_grad():
-            return affine_rounding(self.weight(), self.bias)
 
     def extra_repr(self) -> str:
         return f"{self.in_features} -> {self.out_features}, rank={self.rank}"
