@@ -87,11 +87,11 @@ def _read_sets_file(path: str | os.PathLike, class_names: Sequence[str] | None, 
     return sets, data
 
 
-def _parse_inline_sets(text: str, class_names: Sequence[str] | None) -> tuple[tuple[int, ...], ...]:
+def _parse_inline_sets(text: str, class_names: Sequence[str] | None, kind: str) -> tuple[tuple[int, ...], ...]:
     sets = []
     for i, chunk in enumerate(text.split(";")):
         tokens = [t for t in chunk.split(",") if t.strip()]
-        sets.append(tuple(_class_index(t, class_names, f"inline affinity set #{i}") for t in tokens))
+        sets.append(tuple(_class_index(t, class_names, f"inline {kind} set #{i}") for t in tokens))
     return tuple(sets)
 
 
@@ -105,9 +105,17 @@ def _sets_argument(kind: str, argument: str | None, sets: Sets | None, class_nam
         return sets
     if argument.endswith((".yaml", ".yml")) or os.sep in argument:
         return load_sets(argument, class_names)
-    if argument.strip().lower() in GROUPINGS:  # built-in: cifar10 (vehicles, animals), cifar100 (superclasses)
-        return GROUPINGS[argument.strip().lower()]
-    return _parse_inline_sets(argument, class_names)
+    name = argument.strip().lower()
+    if name in GROUPINGS:  # built-in: cifar10 (vehicles, animals), cifar100 (superclasses)
+        return GROUPINGS[name]
+    looks_like_name = not any(sep in argument for sep in ",;") and not name.lstrip("-").isdigit()
+    if looks_like_name and (class_names is None or argument.strip() not in class_names):
+        raise ValueError(
+            f"'{kind}:{argument.strip()}': no built-in grouping of that name (built-in: "
+            f"{', '.join(sorted(GROUPINGS))}) and not a class name; give sets inline "
+            f"('{kind}:0,1;2,3'), a YAML file ('{kind}:FILE.yaml'), or class names the model or data carries"
+        )
+    return _parse_inline_sets(argument, class_names, kind)
 
 
 @register_guarantee("standard")
@@ -179,7 +187,7 @@ def _igrp(argument: str | None, sets: Sets | None, class_names) -> Guarantee:
                                  f"'igrp:{groups_text}@EPS_IN,EPS_OUT')")
             radii = (data["eps_in"], data["eps_out"])
     elif groups_text:
-        groups = _parse_inline_sets(groups_text, class_names)
+        groups = _parse_inline_sets(groups_text, class_names, "igrp")
     else:
         if sets is None:
             raise ValueError(f"'igrp:{argument}' takes its groups from the caller, but none were given: {usage}")

@@ -342,7 +342,7 @@ def test_non_finite_training_stops_with_an_error_and_keeps_the_last_good_checkpo
     ("norm=abc", "norm must be 2 or inf, got 'abc'"),
     ("device=tpu", "unknown device 'tpu': use auto, cpu, cuda or cuda:N"),
     ("sets=[1,", "--set sets=[1,: the value is not valid YAML"),
-    ("guarantee=superclass:imagenet", "unknown class name 'imagenet'"),
+    ("guarantee=superclass:imagenet", "'superclass:imagenet': no built-in grouping of that name (built-in: cifar10, cifar100)"),
     ("guarantee=superclass:cifar100", "class index 30, out of range for 10 classes"),
 ])
 def test_config_errors_name_the_key_and_the_value(tmp_path, capsys, override, words):

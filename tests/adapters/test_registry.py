@@ -56,3 +56,15 @@ def test_public_api_names_import():
     for name in rp.adapters.__all__:
         assert getattr(rp.adapters, name) is not None
     assert isinstance(rp.adapters.RTK(3), RTK) and isinstance(rp.adapters.Affinity([[0, 1]]), Affinity)
+
+
+@pytest.mark.parametrize("spec", ["superclass:imagenet", "affinity:cifar-100", "affinity:vehicles"])
+def test_an_unknown_grouping_name_is_named_with_the_built_in_ones(spec):
+    with pytest.raises(ValueError, match=rf"'{spec}': no built-in grouping of that name \(built-in: cifar10, cifar100\)"):
+        resolve_guarantee(spec, class_names=["cat", "dog"])
+
+
+def test_a_single_class_name_is_still_a_set_when_the_names_are_known():
+    assert resolve_guarantee("affinity:dog;cat", class_names=["cat", "dog"]).sets == ((1,), (0,))
+    assert resolve_guarantee("affinity:dog", class_names=["cat", "dog"]).sets == ((1,),)
+    assert isinstance(resolve_guarantee("superclass:CIFAR100"), Superclass)
