@@ -164,12 +164,13 @@ def _add_model_sources(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--checkpoint", help="relaxplug checkpoint (.pt)")
     source.add_argument("--robustbench", metavar="NAME", help="RobustBench model, read from MODEL_DIR/DATASET/THREAT_MODEL/NAME.pt")
     source.add_argument("--lirpa-model", metavar="ARCH", help="CROWN-IBP / auto_LiRPA architecture (relaxplug list), with --lirpa-checkpoint and --data")
-    parser.add_argument("--dataset", default="cifar10", help="RobustBench data set: cifar10, cifar100, imagenet")
-    parser.add_argument("--threat-model", default="Linf", help="RobustBench threat model: Linf, L2, corruptions")
-    parser.add_argument("--model-dir", default="./models", help="RobustBench model folder (default ./models)")
+    # None = not given: a zoo-only option given with another source is an error, not ignored
+    parser.add_argument("--dataset", default=None, help="RobustBench data set: cifar10 (default), cifar100, imagenet")
+    parser.add_argument("--threat-model", default=None, help="RobustBench threat model: Linf (default), L2, corruptions")
+    parser.add_argument("--model-dir", default=None, help="RobustBench model folder (default ./models)")
     parser.add_argument("--lirpa-checkpoint", metavar="PATH", help="the CROWN-IBP / auto_LiRPA checkpoint (.pth)")
-    parser.add_argument("--lirpa-normalize", default="auto", choices=("auto", "none", "cifar10"),
-                        help="input normalization put inside the net (auto: the projects' CIFAR-10 one on cifar10)")
+    parser.add_argument("--lirpa-normalize", default=None, choices=("auto", "none", "cifar10"),
+                        help="input normalization put inside the net (default auto: the projects' CIFAR-10 one on cifar10)")
 
 
 def build_parser() -> argparse.ArgumentParser:

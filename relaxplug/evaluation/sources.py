@@ -62,6 +62,16 @@ class ModelSource(NamedTuple):
         return f"model: checkpoint, eps={self.eps:g}, L{norm}"
 
 
+#: options that only some model sources take (the rest take every source)
+_SOURCE_OPTIONS = {
+    "dataset": ("robustbench",),
+    "threat_model": ("robustbench",),
+    "model_dir": ("robustbench",),
+    "lirpa_checkpoint": ("lirpa_model",),
+    "lirpa_normalize": ("lirpa_model",),
+}
+
+
 def load_model_source(
     *,
     checkpoint: str | os.PathLike | None = None,
@@ -75,9 +85,18 @@ def load_model_source(
              if v is not None]
     if len(given) != 1:
         raise ValueError(f"give exactly one model source (checkpoint, robustbench or lirpa_model), got {given or 'none'}")
+    options = {k: v for k, v in options.items() if v is not None}
+    source = given[0]
+    misplaced = sorted(k for k in options if source not in _SOURCE_OPTIONS.get(k, (source,)))
+    if misplaced:
+        flags = ", ".join("--" + k.replace("_", "-") for k in misplaced)
+        owners = sorted({o for k in misplaced for o in _SOURCE_OPTIONS[k]})
+        hint = "; a checkpoint is evaluated on its own data set (another one: --data)" if source == "checkpoint" else ""
+        verb = "applies" if len(misplaced) == 1 else "apply"
+        raise ValueError(f"{flags} {verb} to {' / '.join('--' + o.replace('_', '-') for o in owners)} only, "
+                         f"not to --{source.replace('_', '-')}{hint}")
     if checkpoint is not None:
-        zoo_only = {"dataset", "threat_model", "model_dir", "lirpa_checkpoint", "lirpa_normalize"}
-        return load_evaluation(checkpoint, **{k: v for k, v in options.items() if k not in zoo_only})
+        return load_evaluation(checkpoint, **options)
     return load_zoo_evaluation(robustbench=robustbench, lirpa_model=lirpa_model, **options)
 
 

@@ -70,3 +70,15 @@ def test_attack_takes_a_robustbench_model(model_dir, tmp_path, capsys):  # noqa:
     record = json.loads((tmp_path / "out" / "attack.json").read_text())
     assert record["points"] == 2 and record["norm"] == "2"  # the threat model's norm
     assert record["checkpoint"].endswith("cifar10/L2/Sehwag2021Proxy_R18.pt")
+
+
+@pytest.mark.parametrize("source, option, words", [
+    ({"checkpoint": "a.pt"}, {"dataset": "cifar10"}, "--dataset applies to --robustbench only, not to --checkpoint"),
+    ({"checkpoint": "a.pt"}, {"threat_model": "L2", "model_dir": "m"},
+     "--model-dir, --threat-model apply to --robustbench only, not to --checkpoint"),
+    ({"robustbench": "Standard"}, {"lirpa_checkpoint": "x.pth"}, "--lirpa-checkpoint applies to --lirpa-model only"),
+    ({"lirpa_model": "crown-ibp/cnn_2layer"}, {"threat_model": "L2"}, "--threat-model applies to --robustbench only"),
+])
+def test_an_option_of_another_model_source_is_refused_not_ignored(source, option, words):
+    with pytest.raises(ValueError, match=words):
+        load_model_source(**source, **option)
