@@ -66,7 +66,8 @@ class OptimizerSection:
     def __post_init__(self) -> None:
         if self.name not in OPTIMIZERS:
             raise ValueError(f"optimizer.name must be one of {OPTIMIZERS}, got {self.name!r}")
-        _number(self.momentum, "optimizer.momentum")
+        if not 0.0 <= _number(self.momentum, "optimizer.momentum") < 1.0:
+            raise ValueError(f"optimizer.momentum must be in [0, 1), got {self.momentum!r}")
         if _number(self.weight_decay, "optimizer.weight_decay") < 0:
             raise ValueError(f"optimizer.weight_decay must be >= 0, got {self.weight_decay!r}")
         _positive_int(self.lookahead_k, "optimizer.lookahead_k", 0)
@@ -166,7 +167,12 @@ class TrainConfig:
             object.__setattr__(self, "eps_ramp_epochs", self.epochs)
         if not 0 <= _number(self.eps_min, "eps_min") <= self.eps:
             raise ValueError(f"eps_min must be in [0, eps={self.eps}], got {self.eps_min!r}")
-        parse_schedule(self.lr)
+        try:
+            lr = parse_schedule(self.lr)
+        except ValueError as error:
+            raise ValueError(f"lr: {error}") from None
+        if not all(math.isfinite(v) and v > 0 for v in (lr.start, lr.end)):
+            raise ValueError(f"lr must be a finite number > 0 (or a schedule between two), got {self.lr!r}")
         if self.sets is not None:
             object.__setattr__(self, "sets", tuple(tuple(int(c) for c in s) for s in self.sets))
         for name, cls in SECTIONS.items():
