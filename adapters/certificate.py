@@ -38,7 +38,12 @@ class Certificate:
     def check_labels(self, labels: Tensor) -> Tensor:
         """``labels`` as a ``(B,)`` long tensor on the certificate's device; ``ValueError`` when
         their count differs from the points' or a label is not a class index ``0..n-1``."""
-        labels = torch.as_tensor(labels).to(self.classes.device)
+        try:
+            labels = torch.as_tensor(labels).to(self.classes.device)
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise ValueError(f"labels must be integer class indices: {error}") from None
+        if labels.dtype == torch.bool or labels.is_complex():
+            raise ValueError(f"labels must be integer class indices, got {labels.dtype}")
         if labels.ndim != 1 or labels.shape[0] != len(self):
             raise ValueError(f"labels must have shape ({len(self)},), got {tuple(labels.shape)}")
         if labels.is_floating_point() and bool((labels != labels.round()).any()):

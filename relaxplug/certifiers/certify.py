@@ -16,7 +16,7 @@ from relaxplug.certifiers import Certifier, get_certifier
 from relaxplug.modes import eval_mode
 from relaxplug.norms import Norm
 
-__all__ = ["as_radius", "certify", "check_inputs", "resolve_eps"]
+__all__ = ["as_radius", "certify", "check_inputs", "check_model", "model_logits", "resolve_eps"]
 
 
 def as_radius(eps: object, what: str = "eps") -> float:
@@ -47,6 +47,38 @@ def check_inputs(x: Tensor, eps: object) -> float:
     if not (bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())):
         raise ValueError("x contains NaN or infinite values")
     return as_radius(eps)
+
+
+def check_model(model: nn.Module, x: Tensor) -> None:
+    """Reject a model that cannot run on ``x`` before any work: not an ``nn.Module``, a non-float
+    input, or parameters/buffers of another float type or device than ``x``."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
+    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+        if not tensor.is_floating_point():
+            continue
+        if tensor.dtype != x.dtype:
+            raise TypeError(f"the model's {name} is {tensor.dtype} but x is {x.dtype}: use one float type for "
+                            f"model and input (e.g. x.to({tensor.dtype}) or model.to({x.dtype}))")
+        if tensor.device != x.device:
+            raise ValueError(f"the model's {name} is on {tensor.device} but x is on {x.device}: move one of them")
+
+
+def model_logits(model: nn.Module, x: Tensor) -> Tensor:
+    """``model(x)`` without gradients, checked to be logits ``(B, n)``; a forward that fails is
+    reported with the input's shape."""
+    try:
+        with torch.no_grad():
+            logits = model(x)
+    except (RuntimeError, ValueError, IndexError) as error:
+        raise ValueError(f"the model failed on x of shape {tuple(x.shape)} ({x.dtype}): {error}") from error
+    if not isinstance(logits, Tensor):
+        raise TypeError(f"model must return a logits tensor (B, n), got a {type(logits).__name__}")
+    if logits.ndim != 2 or logits.shape[0] != x.shape[0]:
+        raise ValueError(f"model must return logits of shape (B, n) = ({x.shape[0]}, n), got {tuple(logits.shape)}")
+    return logits
 
 
 def resolve_eps(guarantee: Guarantee, eps: object | None) -> float:
@@ -101,13 +133,9 @@ def certify(
     cert = get_certifier(certifier, **certifier_options)
     cert.check_norm(norm)
     start = time.perf_counter()
+    check_model(model, x)
     with eval_mode(model):
-        with torch.no_grad():
-            logits = model(x)
-        if not isinstance(logits, Tensor):
-            raise TypeError(f"model must return a logits tensor (B, n), got a {type(logits).__name__}")
-        if logits.ndim != 2 or logits.shape[0] != x.shape[0]:
-            raise ValueError(f"model must return logits of shape (B, n) = ({x.shape[0]}, n), got {tuple(logits.shape)}")
+        logits = model_logits(model, x)
         spec.validate(logits.shape[1])
         requests = spec.requests(logits, eps)
         bounds = cert.bounds(model, x, logits, requests, norm)

@@ -127,3 +127,29 @@ def test_check_inputs_accepts_finite_values_whose_sum_overflows():
         x[2, 1] = bad
         with pytest.raises(ValueError, match="NaN or infinite"):
             check_inputs(x, 0.1)
+
+
+@pytest.mark.parametrize("certifier", ["gloro", "ibp"])
+@pytest.mark.parametrize("make, error, words", [
+    (lambda m, x: (lambda z: m(z), x), TypeError, "model must be a torch.nn.Module, got function"),
+    (lambda m, x: (m, x.long()), TypeError, "x must be a floating-point tensor, got torch.int64"),
+    (lambda m, x: (m, x.double()), TypeError, "the model's 0.weight is torch.float32 but x is torch.float64"),
+    (lambda m, x: (m, x[:, :3]), ValueError, r"the model failed on x of shape \(4, 3\) \(torch.float32\): mat1 and mat2"),
+])
+def test_a_model_that_cannot_run_on_x_is_refused_before_any_work(certifier, make, error, words):
+    model, x = make(nn.Sequential(nn.Linear(5, 3)), torch.randn(4, 5))
+    with pytest.raises(error, match=words):
+        rp.certify(model, x, 0.1, certifier=certifier)
+
+
+@pytest.mark.parametrize("labels, words", [
+    (torch.tensor([True, False, True]), "labels must be integer class indices, got torch.bool"),
+    ([0, 1, "a"], "labels must be integer class indices: "),
+    (torch.tensor([0.0, 0.5, 1.0]), "labels must be integer class indices"),
+    (torch.tensor([0, 3, 1]), "label 3 is out of range for 3 classes"),
+])
+def test_vra_refuses_labels_that_are_not_class_indices(labels, words):
+    cert = rp.certify(nn.Sequential(nn.Linear(4, 3)), torch.randn(3, 4), 0.1)
+    with pytest.raises(ValueError, match=words):
+        cert.vra(labels)
+    assert 0.0 <= cert.vra([0, 1, 2]) <= 1.0
