@@ -360,6 +360,9 @@ def _cmd_attack(args: argparse.Namespace) -> int:
                               batch_size=args.batch_size, autoattack=not args.no_autoattack,
                               autoattack_fast=args.autoattack_fast)
     source = _load_for_eval(args)
+    if not max(source.guarantee.radii(None if source.guarantee.carries_radii else source.eps)) > 0:
+        raise ValueError(f"attack at eps {source.eps:g}: a ball of radius 0 is one point, an attack there "
+                          "cannot find a counterexample; give --eps > 0")
     certifier = None if args.certifier.strip().lower() in ("", "none") else args.certifier
     record = attack_report(source.model, source.dataset, source.guarantee, source.eps, args.norm, certifier, settings,
                            limit=args.limit, device=source.device, progress=not args.quiet)

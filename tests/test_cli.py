@@ -386,3 +386,11 @@ def test_a_shortened_run_clips_the_eps_ramp_and_leaves_its_history(tmp_path, cap
     from relaxplug.models.checkpoint import load_checkpoint
 
     assert load_checkpoint(out / "checkpoint.pt").metadata["config"]["device"] == "cpu"  # train --device
+
+
+def test_an_attack_at_eps_zero_is_refused_as_vacuous(rt2_checkpoint, tmp_path, capsys):
+    code, out, err = _run(capsys, ["attack", "--checkpoint", rt2_checkpoint, "--eps", "0", "--limit", "5", "--steps", "2",
+                                   "--no-autoattack", "--quiet", "--out", tmp_path])
+    assert code == 2 and out == ""
+    assert "attack at eps 0: a ball of radius 0 is one point" in _one_line(err)
+    assert not list(tmp_path.glob("attack*.json"))
