@@ -107,6 +107,10 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     of another architecture.
     """
     file = Path(path)
+    if file.is_dir():
+        inside = file / "checkpoint.pt"
+        hint = f": did you mean {inside}?" if inside.is_file() else ": give the checkpoint file (.pt) a run wrote"
+        raise IsADirectoryError(f"checkpoint {file} is a directory{hint}")
     if not file.is_file():
         raise FileNotFoundError(f"checkpoint not found: {file}")
     payload = _read(file, device)

@@ -123,3 +123,12 @@ def test_a_temporary_left_by_a_killed_writer_is_removed_on_the_next_save(tmp_pat
     save_checkpoint(tmp_path / "ck.pt", build_model("mlp", (2,), 3), _meta("mlp", (2,), 3))
     assert not orphan.exists()
     assert load_checkpoint(tmp_path / "ck.pt").metadata["n_classes"] == 3
+
+
+def test_a_run_directory_given_as_the_checkpoint_points_at_its_file(tmp_path):
+    save_checkpoint(tmp_path / "run" / "checkpoint.pt", build_model("mlp", (1, 8, 8), 10), {"architecture": "mlp",
+                    "input_shape": [1, 8, 8], "n_classes": 10})
+    with pytest.raises(IsADirectoryError, match=r"is a directory: did you mean .*run/checkpoint.pt\?"):
+        load_checkpoint(tmp_path / "run")
+    with pytest.raises(IsADirectoryError, match="is a directory: give the checkpoint file"):
+        load_checkpoint(tmp_path)
