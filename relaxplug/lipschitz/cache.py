@@ -14,8 +14,15 @@ Neither ``id``, ``Tensor._version`` nor ``data_ptr`` tells values apart: writes 
 :class:`ComputationSnapshot` keeps a copy of every tensor and compares values (``torch.equal``,
 one pass over the weights: ``benchmarks/gloro_overhead.py`` measures its cost against a forward
 pass). Attributes it cannot capture (objects nested deeper than :data:`MAX_DEPTH`) make the
-snapshot never match, i.e. the cache is not used. Global Python state read by ``forward`` is not
-captured (see ``docs/soundness.md``).
+snapshot never match, i.e. the cache is not used.
+
+Global Python state counts too: a module-level ``GAIN`` that ``forward`` multiplies by is fixed in
+an fx trace. For every module class written outside the libraries of :data:`LIBRARY_ROOTS`, the
+snapshot reads the globals named in the code of each of its methods (nested functions included)
+and freezes their values like attributes; a global function read this way has its own globals
+read in turn, and a global module of user code contributes the attributes the code names. Values
+computed by calls at trace time (``random.random()``) are caught when the trace is checked
+against the model (:mod:`relaxplug.lipschitz.graph`).
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ComputationSnapshot", "MAX_DEPTH", "POWER_VECTOR_PREFIX"]
+__all__ = ["ComputationSnapshot", "LIBRARY_ROOTS", "MAX_DEPTH", "POWER_VECTOR_PREFIX"]
 
 #: buffers holding power-iteration state (training estimates only): not part of the computation
 POWER_VECTOR_PREFIX = "lipschitz_u_"
@@ -43,6 +50,42 @@ _ATOMS = (type(None), bool, int, float, complex, str, bytes, torch.dtype, torch.
           types.BuiltinFunctionType)
 
 
+#: top-level packages whose module-level state is not user state (their globals are not read)
+LIBRARY_ROOTS = frozenset({"torch", "builtins", "math", "cmath", "operator", "functools", "itertools", "typing",
+                           "collections", "numbers", "abc", "warnings", "logging", "numpy", "relaxplug"})
+
+
+def _library(obj: Any) -> bool:
+    name = getattr(obj, "__module__", None) if not isinstance(obj, types.ModuleType) else obj.__name__
+    return (name or "builtins").split(".")[0] in LIBRARY_ROOTS
+
+
+def _code_names(code: types.CodeType) -> frozenset[str]:
+    """Global and attribute names a code object (and the functions nested in it) may read."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _code_names(const)
+    return frozenset(names)
+
+
+def _class_functions(cls: type) -> list[types.FunctionType]:
+    """The Python functions a module class defines outside the libraries (methods, static and
+    class methods, property accessors), along its MRO."""
+    found = []
+    for klass in cls.__mro__:
+        if _library(klass):
+            continue
+        for value in vars(klass).values():
+            if isinstance(value, (staticmethod, classmethod)):
+                value = value.__func__
+            if isinstance(value, property):
+                found.extend(f for f in (value.fget, value.fset) if isinstance(f, types.FunctionType))
+            elif isinstance(value, types.FunctionType):
+                found.append(value)
+    return found
+
+
 class _Uncapturable(Exception):
     pass
 
@@ -52,6 +95,30 @@ class _Freezer:
 
     def __init__(self) -> None:
         self.tensors: list[Tensor] = []
+        self._reading: set[int] = set()  # functions whose globals are being read (recursion)
+
+    def globals_read(self, func: types.FunctionType, depth: int) -> tuple:
+        """Frozen values of the globals ``func``'s code names (module docstring)."""
+        if _library(func) or id(func) in self._reading:
+            return ()
+        self._reading.add(id(func))
+        try:
+            names = _code_names(func.__code__)
+            space = func.__globals__
+            rows = []
+            for name in sorted(names & space.keys()):
+                value = space[name]
+                if isinstance(value, types.ModuleType):
+                    if _library(value):
+                        continue
+                    attrs = tuple((a, self.freeze(getattr(value, a), depth + 1)) for a in sorted(names)
+                                  if a in vars(value))
+                    rows.append((name, value.__name__, attrs))
+                else:
+                    rows.append((name, self.freeze(value, depth + 1)))
+            return tuple(rows)
+        finally:
+            self._reading.discard(id(func))
 
     def freeze(self, value: Any, depth: int = 0) -> Any:
         if isinstance(value, Tensor):
@@ -69,11 +136,14 @@ class _Freezer:
             return (type(value), tuple(sorted(repr(self.freeze(v, depth + 1)) for v in value)))
         if isinstance(value, types.FunctionType):
             cells = tuple(c.cell_contents for c in value.__closure__ or () if _filled(c))
-            return (value, self.freeze(cells, depth + 1), self.freeze(value.__defaults__, depth + 1))
+            return (value, self.freeze(cells, depth + 1), self.freeze(value.__defaults__, depth + 1),
+                    self.globals_read(value, depth + 1))
         if isinstance(value, types.MethodType):
             return (value.__func__, id(value.__self__))
         if isinstance(value, nn.Module):
-            return (type(value), id(value), self.freeze(_attributes(value), depth + 1))
+            tensors = [*value.parameters(), *value.buffers()]
+            return (type(value), id(value), self.freeze(_attributes(value), depth + 1),
+                    tuple(self.freeze(t) for t in tensors))
         if hasattr(value, "__dict__"):
             return (type(value), id(value), self.freeze(vars(value), depth + 1))
         return (type(value), id(value))
@@ -101,7 +171,8 @@ def _structure(model: nn.Module, freezer: _Freezer) -> tuple:
         for t in list(m._parameters.values()) + list(kept.values()):
             if t is not None:
                 freezer.tensors.append(t)
-        rows.append((name, cls, cls.forward, params, buffers, freezer.freeze(_attributes(m))))
+        reads = tuple(freezer.globals_read(f, 0) for f in _class_functions(cls))
+        rows.append((name, cls, cls.forward, params, buffers, freezer.freeze(_attributes(m)), reads))
     return tuple(rows)
 
 

@@ -221,7 +221,8 @@ def trace_model(model: nn.Module) -> fx.GraphModule:
     except Exception as exc:  # fx raises many types (TraceError, TypeError, NotImplementedError...)
         raise UnsupportedLayerError(
             f"torch.fx could not trace {type(model).__name__} ({type(exc).__name__}: {exc}); GloRo on arbitrary "
-            "networks needs a forward pass without data-dependent Python control flow"
+            "networks needs a forward pass fx can trace: no data-dependent Python control flow, every layer "
+            "a registered submodule"
         ) from exc
     finally:
         for m, flag in zip(model.modules(), was_training):

@@ -7,8 +7,9 @@ identities, ``forward`` functions), every module's Python attributes (values of 
 identities of other objects), its hooks, its training flags, and the **values** of every
 parameter, buffer and tensor attribute (compared with ``torch.equal`` against copies: a write
 through ``.data`` does not bump ``tensor._version``, a value comparison sees it). What the check
-cannot see (global state read in ``forward``) is caught where it shows: certifiers compare the
-converted model's output with the model's own logits on every batch (:meth:`Bounded.agrees`).
+cannot see (global state read in ``forward``, Python values fixed while tracing) is caught where it
+shows: certifiers compare the output of the ``BoundedModule`` itself with the model's own logits on
+every batch (:meth:`Bounded.agrees`).
 
 Building also refuses models that auto_LiRPA would bound wrongly: data-dependent Python control
 flow (a tensor converted to a Python bool or number while tracing: auto_LiRPA traces one branch)
@@ -115,9 +116,10 @@ class Bounded:
         return self.fingerprint.matches(model)
 
     def agrees(self, x: Tensor, logits: Tensor) -> bool:
-        """Whether the converted model reproduces ``logits`` (the model's output) on ``x``."""
+        """Whether the ``BoundedModule`` itself (the graph that is bounded, with every Python value
+        read while tracing fixed in it) reproduces ``logits`` (the model's output) on ``x``."""
         with torch.no_grad():
-            out = self.lowered(x)
+            out = self.bounded(x)
         return isinstance(out, Tensor) and out.shape == logits.shape and \
             bool(torch.allclose(out, logits.detach().to(out.dtype), rtol=0.0, atol=forward_tolerance(logits)))
 

@@ -19,6 +19,8 @@ import relaxplug as rp
 from relaxplug.lipschitz import LipschitzEstimator, UnsupportedLayerError, estimator_for
 from relaxplug.models.layers import MinMax, Normalize
 
+from ..global_state import CASES as GLOBAL_CASES
+
 
 # ----------------------------------------------------------------------------- the attack
 
@@ -411,4 +413,26 @@ def test_padded_convolutions_in_a_layer_stack_are_bounded(mode):
     jac = torch.autograd.functional.jacobian(lambda t: model.double()(t[None])[0], x[0].double())
     model.float()
     assert float(torch.linalg.svdvals(jac.reshape(3, -1))[0]) <= total
+    assert _break_certificates(model, x, _radius_eps(model, x)) == 0
+
+
+TRACEABLE_GLOBAL_CASES = [row for row in GLOBAL_CASES if row[0] != "global_layer"]
+
+
+def test_a_layer_that_is_not_a_submodule_is_refused_by_name():
+    build = dict((name, build) for name, build, _ in GLOBAL_CASES)["global_layer"]
+    with pytest.raises(UnsupportedLayerError, match="GlobalLayer.*not installed as a submodule.*registered submodule"):
+        rp.certify(build(), torch.randn(4, 6), 0.1)
+
+
+@pytest.mark.parametrize("name, build, change", TRACEABLE_GLOBAL_CASES, ids=[row[0] for row in TRACEABLE_GLOBAL_CASES])
+def test_a_change_to_global_state_read_by_forward_invalidates_the_cached_bound(name, build, change):
+    model = build()
+    x = torch.randn(64, 6, generator=torch.Generator().manual_seed(0))
+    _radius_eps(model, x)  # fills every cache (trace, bound)
+    before = estimator_for(model, (6,)).pair_lipschitz()
+    change()
+    after = estimator_for(model, (6,)).pair_lipschitz()
+    assert torch.equal(after, _fresh_pair(model, (6,)))
+    assert after.max() > 10 * before.max()  # the change made the net steeper: a stale bound would keep it
     assert _break_certificates(model, x, _radius_eps(model, x)) == 0
