@@ -36,6 +36,7 @@ from relaxplug import lirpa as glue
 from relaxplug.adapters import Guarantee, MarginRequest
 from relaxplug.lirpa import api
 from relaxplug.lirpa.cache import Bounded
+from relaxplug.lirpa.forms import forward_tolerance
 from relaxplug.lirpa.spec import spec_matrix, spec_rows
 from relaxplug.lirpa.tolerance import error_model
 
@@ -272,7 +273,8 @@ class LirpaCertifier(Certifier):
                 lower = self._logit(entry, x.detach(), request, norm, logits.dtype)
             errors = error_model(entry.bounded, x.detach(), request.eps, norm)
             allowance = errors.margin_allowance(request.order, request.n_candidates).to(lower.dtype)
-            out.append(_with_allowance(lower, logits, request) - allowance)
+            out.append(_check_contains_center(_with_allowance(lower, logits, request) - allowance, logits, request,
+                                              self.name))
         return out
 
     def options(self) -> tuple[tuple[str, Any], ...]:
@@ -354,6 +356,24 @@ def _intermediate_bounds(bounded) -> dict[str, tuple[Tensor, Tensor]]:
         if isinstance(lower, Tensor) and isinstance(upper, Tensor):
             out[node.name] = (lower.detach(), upper.detach())
     return out
+
+
+def _check_contains_center(lower: Tensor, logits: Tensor, request: MarginRequest, method: str) -> Tensor:
+    """``lower`` (the final bounds, rounding allowance subtracted), checked: a lower bound on the
+    ball is at most the margin at its centre ``x``; bounds that exceed it (beyond ten times
+    :func:`~relaxplug.lirpa.forms.forward_tolerance`) come from a graph auto_LiRPA handles wrongly
+    (as 0.3 does a weight computed inside ``forward``): refuse."""
+    k = request.n_candidates
+    ranked = logits.detach().gather(1, request.order)
+    gaps = (ranked[:, :k, None] - ranked[:, None, :]).to(lower.dtype)
+    excess = torch.where(torch.isfinite(lower), lower - gaps, torch.zeros_like(lower))
+    if bool((excess > 10.0 * forward_tolerance(logits)).any()):
+        raise api.LirpaError(
+            f"{method}: auto_LiRPA {api.version_string()} returned a margin bound above the margin at the ball's "
+            f"centre (by {float(excess.max()):.3g}); it bounds this model wrongly (a weight computed inside "
+            "forward?), so it cannot be certified"
+        )
+    return lower
 
 
 def _with_allowance(lower: Tensor, logits: Tensor, request: MarginRequest) -> Tensor:

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from relaxplug.lirpa.api import LirpaError, convert
 from relaxplug.lirpa.forms import fold_leading_affine, forward_tolerance, lower
-from relaxplug.lirpa.guard import IdentityPrefix, l2_input_is_safe
+from relaxplug.lirpa.guard import IdentityPrefix, computed_weights, l2_input_is_safe
 from relaxplug.lirpa.tolerance import error_model
 
 logger = logging.getLogger(__name__)
@@ -201,6 +201,11 @@ def _convert_checked(form: nn.Module, example: Tensor, bound_opts: dict[str, Any
             bounded = convert(form, example, bound_opts, dynamic_shapes=True)
             bounded.eval()
     _refuse_python_values(caught)
+    computed = computed_weights(bounded)
+    if computed:
+        raise LirpaError(f"the model computes a layer's weight inside forward (auto_LiRPA nodes {computed[:5]}); "
+                         "auto_LiRPA bounds such layers wrongly: compute the weight before the forward pass, "
+                         "or use torch.nn.utils.parametrize (materialized for bounding)")
     if not _batch_independent(bounded, form, example):
         raise LirpaError("auto_LiRPA's form of the model does not reproduce it on a batch of two inputs "
                          "(a shape fixed at conversion time, e.g. int(x.shape[0]), or a layer auto_LiRPA "

@@ -22,6 +22,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from relaxplug.models.layers import Normalize
 
@@ -36,6 +37,7 @@ __all__ = [
     "forward_tolerance",
     "lower",
     "lower_for_lirpa",
+    "materialize_parametrizations",
     "shared_lirpa_form",
 ]
 
@@ -200,10 +202,26 @@ class LoweredModel:
     head_width: int  # input width of the last leaf module
 
 
+def materialize_parametrizations(model: nn.Module) -> nn.Module:
+    """``model`` (modified in place) with every ``torch.nn.utils.parametrize`` parametrization
+    (weight norm, spectral norm, orthogonal, user ones) replaced by the tensor it computes now.
+    auto_LiRPA would otherwise trace the weight's computation into the graph, and 0.3 bounds a
+    layer with a computed weight wrongly; the cache fingerprint still covers the originals."""
+    for module in [m for m in model.modules() if parametrize.is_parametrized(m)]:
+        # torch's remove_parametrizations edits the generated class, which a deep copy shares
+        # with the original model: give the copy its plain class back instead
+        values = {name: getattr(module, name).detach().clone() for name in module.parametrizations}
+        module.__class__ = type(module).__bases__[0]
+        del module._modules["parametrizations"]
+        for name, value in values.items():
+            module.register_parameter(name, nn.Parameter(value, requires_grad=False))
+    return model
+
+
 def lower(model: nn.Module, example: Tensor) -> LoweredModel:
     """:func:`lower_for_lirpa` with its chunking figures."""
     trace = _trace(model, example)
-    lowered = copy.deepcopy(model).eval()
+    lowered = materialize_parametrizations(copy.deepcopy(model).eval())
     done: list[str] = []
     for name in sorted(trace.shapes, key=lambda name: name.count(".") if name else -1):  # outermost first
         if any(d == "" or name == d or name.startswith(d + ".") for d in done):

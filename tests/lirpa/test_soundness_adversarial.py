@@ -412,3 +412,88 @@ def test_a_leading_affine_layer_is_folded_for_l2(kind):
     assert (reference > box_lower.min(dim=1).values + 1e-3).all()  # strictly tighter than the box
     for method in METHODS:
         assert_never_broken(model, x, eps / 4, 2.0, method)
+
+
+# ----------------------------------------------------------------------------- class 2: computed weights
+
+
+class _Rescale(nn.Module):
+    """A user parametrization: ``w * s``."""
+
+    def __init__(self):
+        super().__init__()
+        self.s = 1.0
+
+    def forward(self, w: Tensor) -> Tensor:
+        return w * self.s
+
+
+def _parametrized(kind: str) -> nn.Sequential:
+    from torch.nn.utils import parametrizations, parametrize
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3))
+    if kind == "user":
+        parametrize.register_parametrization(model[0], "weight", _Rescale())
+    elif kind == "weight_norm":
+        parametrizations.weight_norm(model[0])
+    elif kind == "spectral_norm":
+        parametrizations.spectral_norm(model[2])
+    else:
+        parametrizations.orthogonal(model[0])
+    return model.eval()
+
+
+@pytest.mark.parametrize("kind", ["user", "weight_norm", "spectral_norm", "orthogonal"])
+@pytest.mark.parametrize("method", ["ibp", "crown"])
+@pytest.mark.parametrize("norm", [2.0, math.inf])
+def test_parametrized_weights_are_bounded_as_the_tensors_they_compute(kind, method, norm):
+    model = _parametrized(kind)
+    x = torch.randn(64, 4, generator=torch.Generator().manual_seed(1))
+    assert assert_never_broken(model, x, 0.05, norm, method) > 0
+    fresh = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+    fresh.load_state_dict({k: v for k, v in zip(fresh.state_dict(), [model[0].weight, model[0].bias, model[2].weight,
+                                                                    model[2].bias])})
+    ours = rp.certify(model, x, 0.05, norm, method, radius=False)
+    plain = rp.certify(fresh, x, 0.05, norm, method, radius=False)
+    assert torch.equal(ours.certified, plain.certified)  # bounded exactly like the plain layers
+    assert type(model[0]).__name__.startswith("Parametrized") or kind == "spectral_norm"  # the model is untouched
+    model(x)
+
+
+class _ComputedWeight(nn.Module):
+    def __init__(self, op: str):
+        super().__init__()
+        torch.manual_seed(0)
+        self.op = op
+        self.w = nn.Parameter(torch.randn(16, 4) * 0.5)
+        self.s = nn.Parameter(torch.ones(16, 1))
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight = self.w * self.s if self.op == "mul" else self.w + self.s if self.op == "add" else self.w.exp()
+        return self.head(torch.relu(F.linear(x, weight)))
+
+
+@pytest.mark.parametrize("op", ["mul", "add", "exp"])
+@pytest.mark.parametrize("method", METHODS)
+def test_a_weight_computed_inside_forward_is_refused_by_name(op, method):
+    x = torch.randn(8, 4)
+    with pytest.raises(glue.LirpaError, match="computes a layer's weight inside forward"):
+        rp.certify(_ComputedWeight(op).eval(), x, 0.05, "inf", method, radius=False)
+
+
+def test_bounds_above_the_centre_margin_are_refused(monkeypatch):
+    """The last line of defence: a bound that exceeds the margin at x itself is a wrong bound."""
+    from relaxplug.certifiers import lirpa as lirpa_certifier
+
+    model = _stale_net()
+    x = torch.randn(8, 6)
+    real = lirpa_certifier.LirpaCertifier._pairwise
+
+    def inflated(self, *args, **kwargs):
+        return real(self, *args, **kwargs) + 100.0
+
+    monkeypatch.setattr(lirpa_certifier.IBPCertifier, "_pairwise", inflated)
+    with pytest.raises(glue.LirpaError, match="returned a margin bound above the margin at the ball's centre"):
+        rp.certify(model, x, 0.02, "inf", "ibp", radius=False)
