@@ -18,6 +18,10 @@ Peak memory is measured per certifier, over its batches:
 
 The figure is divided by the number of points certified at once (``min(batch_size, N)``), so it
 reads as megabytes per instance in a batch.
+
+Under ``torchrun`` each process certifies its block of whole batches and rank 0 joins them
+(``docs/distributed.md``): the same result, with times summed over the processes and the
+largest process's peak memory.
 """
 
 from __future__ import annotations
