@@ -131,7 +131,7 @@ def _attack_batch(model: nn.Module, x: Tensor, claim: Claim, norm: Norm, setting
     worst = torch.empty(rows.numel(), dtype=clean.dtype, device=x.device)
     chunks = tqdm(range(0, rows.numel(), settings.batch_size), desc=f"attack claim {claim.name!r} (eps={claim.eps:g})",
                   unit="batch", disable=not settings.progress, leave=False)
-    for chunk, start in enumerate(chunks):
+    for start in chunks:
         part = slice(start, start + settings.batch_size)
         r = rows[part]
         _, x_adv = pgd_claim_attack(model, xs[r], run_w[part], run_l[part], claim.eps, norm, settings.steps,
