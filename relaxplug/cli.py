@@ -249,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _load_for_eval(args: argparse.Namespace):
     """The :class:`~relaxplug.evaluation.sources.ModelSource` of ``eval``/``compare``/``attack``;
     sets ``args.norm`` (a :class:`~relaxplug.norms.Norm`, the model's own norm by default)."""
+    from relaxplug.distributed import main_process
     from relaxplug.evaluation.sources import load_model_source
     from relaxplug.norms import Norm
 
@@ -260,7 +261,7 @@ def _load_for_eval(args: argparse.Namespace):
         eps=args.eps, data=args.data, data_root=args.data_root, split=args.split, device=args.device,
     )
     args.norm = norm if norm is not None else source.norm
-    if not args.checkpoint:
+    if not args.checkpoint and main_process():  # under torchrun: rank 0 reports
         print(source.describe(args.norm))
     return source
 
@@ -325,20 +326,29 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_compare(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader, Subset
 
+    from relaxplug import distributed
     from relaxplug.evaluation.compare import compare_certifiers, format_table, save
 
     _check_out(args)
     _load_optional_certifiers()
-    loaded, guarantee, spec, eps, dataset, device = _load_for_eval(args)
-    out_dir = check_output_dir(args.out or _model_file(args, loaded).parent / "compare")
-    if args.limit is not None:
-        dataset = Subset(dataset, range(min(args.limit, len(dataset))))
-    if len(dataset) == 0:
-        raise ValueError("the data split is empty: nothing to compare")
-    x, y = next(iter(DataLoader(dataset, batch_size=len(dataset))))
-    result = compare_certifiers(
-        loaded.model, x.to(device), y.to(device), guarantee, eps, args.norm, args.certifiers, batch_size=args.batch_size, progress=not args.quiet,
-    )
+    context = distributed.setup(args.device)  # under torchrun: this rank's device, a shard of the batches
+    try:
+        args.device = str(context.device)
+        loaded, guarantee, spec, eps, dataset, device = _load_for_eval(args)
+        out_dir = check_output_dir(args.out or _model_file(args, loaded).parent / "compare")
+        if args.limit is not None:
+            dataset = Subset(dataset, range(min(args.limit, len(dataset))))
+        if len(dataset) == 0:
+            raise ValueError("the data split is empty: nothing to compare")
+        x, y = next(iter(DataLoader(dataset, batch_size=len(dataset))))
+        result = compare_certifiers(
+            loaded.model, x.to(device), y.to(device), guarantee, eps, args.norm, args.certifiers,
+            batch_size=args.batch_size, progress=not args.quiet, context=context,
+        )
+    finally:
+        distributed.teardown(context)
+    if result is None:  # a rank other than 0: rank 0 reports and writes
+        return 0
     print(format_table(result))
     for name, reason in result.skipped.items():
         print(f"warning: {name} skipped: {reason}", file=sys.stderr)
@@ -350,6 +360,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_attack(args: argparse.Namespace) -> int:
+    from relaxplug import distributed
     from relaxplug.attacks.report import attack_report, report_columns
     from relaxplug.attacks.settings import AttackSettings
     from relaxplug.evaluation.report import format_table, write_json
@@ -359,13 +370,21 @@ def _cmd_attack(args: argparse.Namespace) -> int:
     settings = AttackSettings(steps=args.steps, restarts=args.restarts, targets=args.targets, seed=args.seed,
                               batch_size=args.batch_size, autoattack=not args.no_autoattack,
                               autoattack_fast=args.autoattack_fast)
-    source = _load_for_eval(args)
-    if not max(source.guarantee.radii(None if source.guarantee.carries_radii else source.eps)) > 0:
-        raise ValueError(f"attack at eps {source.eps:g}: a ball of radius 0 is one point, an attack there "
-                          "cannot find a counterexample; give --eps > 0")
-    certifier = None if args.certifier.strip().lower() in ("", "none") else args.certifier
-    record = attack_report(source.model, source.dataset, source.guarantee, source.eps, args.norm, certifier, settings,
-                           limit=args.limit, device=source.device, progress=not args.quiet)
+    context = distributed.setup(args.device)  # under torchrun: this rank's device, a shard of the blocks
+    try:
+        args.device = str(context.device)
+        source = _load_for_eval(args)
+        if not max(source.guarantee.radii(None if source.guarantee.carries_radii else source.eps)) > 0:
+            raise ValueError(f"attack at eps {source.eps:g}: a ball of radius 0 is one point, an attack there "
+                             "cannot find a counterexample; give --eps > 0")
+        certifier = None if args.certifier.strip().lower() in ("", "none") else args.certifier
+        record = attack_report(source.model, source.dataset, source.guarantee, source.eps, args.norm, certifier,
+                               settings, limit=args.limit, device=source.device, progress=not args.quiet,
+                               context=context)
+    finally:
+        distributed.teardown(context)
+    if record is None:  # a rank other than 0: rank 0 reports and writes
+        return 0
     record["guarantee"] = source.spec
     record["checkpoint"] = str(_model_file(args, source.loaded))
     print(format_table([record], report_columns(record)))
@@ -482,7 +501,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 #: commands that run data-parallel under torchrun (docs/distributed.md); the others need one process
-DISTRIBUTED_COMMANDS = ("train", "eval")
+DISTRIBUTED_COMMANDS = ("train", "eval", "compare", "attack")
 
 
 def _check_processes(command: str) -> None:

@@ -88,6 +88,10 @@ def test_a_fixed_gpu_is_refused_for_several_processes():
     assert distributed.rank_device("cuda", 0, 2) == torch.device("cuda", 0)
     with pytest.raises(ValueError, match="CUDA device"):
         distributed.rank_device("cuda", torch.cuda.device_count(), torch.cuda.device_count() + 1)
+    # one process: cuda:N is honoured, and refused with the cause when N is not visible
+    assert distributed.rank_device("cuda:0", 0, 1) == torch.device("cuda", 0)
+    with pytest.raises(ValueError, match="CUDA_VISIBLE_DEVICES"):
+        distributed.rank_device(f"cuda:{torch.cuda.device_count()}", 0, 1)
 
 
 # --- training under torchrun ------------------------------------------------------------------
@@ -243,6 +247,54 @@ def test_two_process_eval_writes_the_one_process_json(tmp_path, one_process_trai
     assert files[1]["points"] == 599 and 0 < files[1]["vra"] < 1 and 0 < files[1]["rejection_rate"] < 1
 
 
+#: measured, not computed: times (summed over the ranks under torchrun) and peak memory
+MEASURED = {"seconds", "setup_seconds", "attack_seconds", "certify_seconds", "peak_memory_mb_per_instance"}
+
+
+def _computed(value):
+    """``value`` (parsed JSON) without its :data:`MEASURED` fields, at any depth."""
+    if isinstance(value, dict):
+        return {key: _computed(item) for key, item in value.items() if key not in MEASURED}
+    if isinstance(value, list):
+        return [_computed(item) for item in value]
+    return value
+
+
+@pytest.mark.parametrize("command, options, written", [
+    ("compare", ["--certifiers", "gloro,crown-ibp"], ("compare/compare.json", "compare/compare.png")),
+    ("attack", ["--steps", "3", "--restarts", "1", "--targets", "2", "--autoattack-fast"], ("attack.json",)),
+])
+def test_two_process_compare_and_attack_write_the_one_process_json(tmp_path, one_process_training, command, options,
+                                                                    written):
+    """``compare`` and ``attack`` sharded over 2 processes (40 points in 5 batches or blocks of 8: 3 and 2
+    per rank) write the JSON of a plain one-process run, measured times and memory aside, and rank 0
+    alone writes (one ``wrote`` line)."""
+    from relaxplug.cli import main
+
+    checkpoint = one_process_training[1]
+    common = ["--checkpoint", str(checkpoint), "--guarantee", "rtk:2", "--eps", "0.05", "--limit", "40",
+              "--batch-size", "8", "--device", "cpu", "--quiet", *options]
+    records = {}
+    for nproc in (1, 2):
+        out = tmp_path / f"{command}{nproc}"
+        arguments = [command, *common, "--out", str(out / "compare" if command == "compare" else out)]
+        if nproc == 1:
+            assert main(arguments) == 0
+        else:
+            done = torchrun(2, "-m", "relaxplug", *arguments, timeout=300)
+            assert done.stdout.count("wrote") == 1, done.stdout
+        assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == sorted(written)
+        records[nproc] = json.loads((out / written[0]).read_text())
+    assert json.dumps(_computed(records[1]), sort_keys=True) == json.dumps(_computed(records[2]), sort_keys=True)
+    if command == "compare":
+        assert [r["certifier"] for r in records[1]["records"]] == ["gloro", "crown-ibp"]
+        assert all(r["points"] == 40 for r in records[1]["records"])
+        assert 0 < records[1]["records"][0]["vra"] < 1  # gloro (crown-ibp's IBP bounds certify none of these)
+    else:
+        assert records[1]["points"] == 40 and records[1]["certified"] > 0 and records[1]["broken"] == 0
+        assert 0 < records[1]["empirical_robust_accuracy"] < 1 and "autoattack_accuracy" in records[1]
+
+
 CROWN_IBP = """
 name: ddp-crown
 dataset: digits
@@ -313,6 +365,7 @@ def test_bf16_training_on_cuda(tmp_path):
         runs[bf16] = result
     state = runs[True].model.state_dict()
     assert all(v.dtype == torch.float32 and bool(torch.isfinite(v).all()) for v in state.values())
+    assert _max_difference(state, runs[False].model.state_dict()) > 0  # autocast did take effect
     losses = [runs[b].history[-1]["loss"] for b in (False, True)]
     assert abs(losses[0] - losses[1]) < 0.05 * abs(losses[0]), losses
 
@@ -343,6 +396,26 @@ def test_nccl_two_gpus_train_and_eval(tmp_path):
         files[nproc] = json.loads(next(out.glob("*.json")).read_text())
         files[nproc].pop("seconds")
     assert files[1] == files[2]
+    # compare and attack sharded over the 2 GPUs (NCCL gathers) write the 1-GPU JSON
+    for command, options, name in (("compare", ["--certifiers", "gloro,crown-ibp"], "compare.json"),
+                                   ("attack", ["--steps", "3", "--restarts", "1", "--autoattack-fast"], "attack.json")):
+        records = {}
+        for nproc in (1, 2):
+            out = tmp_path / f"nccl-{command}{nproc}"
+            command_line = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                            "-m", "relaxplug", command, "--checkpoint", str(tmp_path / "nccl" / "checkpoint.pt"),
+                            "--guarantee", "rtk:2", "--eps", "0.05", "--limit", "40", "--batch-size", "8",
+                            "--device", "cuda", "--out", str(out), "--quiet", *options]
+            done = subprocess.run(command_line, cwd=REPO, env=env_cuda, capture_output=True, text=True, timeout=300)
+            assert done.returncode == 0, done.stderr[-3000:]
+            records[nproc] = _computed(json.loads((out / name).read_text()))
+        if command == "attack":
+            # the attacks backpropagate to the input, where cuDNN may use non-deterministic kernels
+            # (docs/distributed.md): compare what forward passes decide, and that nothing broke
+            fields = ("points", "clean_accuracy", "certifier", "vra", "certified", "attacked", "broken")
+            records = {nproc: {key: record[key] for key in fields} for nproc, record in records.items()}
+            assert records[1]["broken"] == 0
+        assert json.dumps(records[1], sort_keys=True) == json.dumps(records[2], sort_keys=True), command
 
 
 def test_commands_that_do_not_shard_are_refused_under_several_processes(monkeypatch, capsys):

@@ -124,6 +124,7 @@ def attack_guarantee(
     settings: AttackSettings | None = None,
     *,
     sets: Sequence[Sequence[int]] | None = None,
+    index_offset: int = 0,
 ) -> AttackResult:
     """Attack every candidate claim of ``guarantee`` at every point of ``x`` (module docstring).
 
@@ -131,6 +132,8 @@ def attack_guarantee(
         y: labels ``(B,)`` for the empirical robust accuracy, or ``None``.
         guarantee: a name (``"rtk:3"``) or an adapter; ``sets`` serves a bare ``affinity``.
         eps: the radius (``None`` for a guarantee that carries its own radii).
+        index_offset: the data-set index of ``x[0]`` (random starts are seeded per example,
+            :func:`relaxplug.attacks.claims.attack_claims`).
     """
     settings = settings or AttackSettings()
     norm = Norm(norm)
@@ -141,7 +144,7 @@ def attack_guarantee(
     spec.validate(logits.shape[1])
     order = rank_order(logits)
     claims = tuple(spec.candidate_claims(order, eps))
-    worst = tuple(attack_claims(model, x, claims, norm, settings))
+    worst = tuple(attack_claims(model, x, claims, norm, settings, index_offset=index_offset))
     classes = spec.survivors(order, claims, [w > 0 for w in worst])
     return AttackResult(
         order=order, claims=claims, worst=worst, classes=classes,

@@ -7,7 +7,9 @@ minimises ``g_{W,L}`` over it. The top-k set form ``g_T = g_{T, not T}`` is
 
 from __future__ import annotations
 
+import hashlib
 import math
+from typing import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -16,7 +18,7 @@ from relaxplug.adapters.claims import claim_margin
 from relaxplug.modes import eval_mode
 from relaxplug.norms import Norm
 
-__all__ = ["set_margin", "pgd_claim_attack", "pgd_set_attack", "project", "into_ball", "batched_logits"]
+__all__ = ["set_margin", "pgd_claim_attack", "pgd_set_attack", "project", "into_ball", "batched_logits", "row_seeds"]
 
 
 def set_margin(logits: Tensor, sets: Tensor) -> Tensor:
@@ -67,12 +69,30 @@ def into_ball(x: Tensor, x_adv: Tensor, eps: float, norm: float | str) -> Tensor
     return out
 
 
+def row_seeds(seed: int, *keys: Tensor) -> list[int]:
+    """One seed per row from ``seed`` and integer key columns ``(R,)`` each (e.g. the example's
+    data-set index): a hash of the keys, so a row's random starts depend on what the row is, not on
+    the batch, process or position it is attacked in."""
+    columns = [key.tolist() for key in keys]
+    return [int.from_bytes(hashlib.blake2b(repr((seed, *row)).encode(), digest_size=8).digest(), "little") >> 1
+            for row in zip(*columns)]
+
+
 def _random_start(x: Tensor, eps: float, inf: bool, generator: torch.Generator) -> Tensor:
     noise = torch.randn(x.shape, generator=generator, device="cpu").to(x)
     if inf:
         return (torch.rand(x.shape, generator=generator, device="cpu").to(x) * 2 - 1) * eps
     radius = torch.rand(x.shape[0], generator=generator, device="cpu").to(x) ** (1 / max(x[0].numel(), 1))
     return noise / _flat_norm(noise, 2).clamp_min(1e-12) * (eps * radius).view(-1, *([1] * (x.ndim - 1)))
+
+
+def _starts(x: Tensor, eps: float, inf: bool, generators: list[torch.Generator]) -> Tensor:
+    """Random starts from one generator for the batch, or one per row."""
+    if x.shape[0] == 0:
+        return torch.zeros_like(x)
+    if len(generators) == 1:
+        return _random_start(x, eps, inf, generators[0])
+    return torch.cat([_random_start(x[i:i + 1], eps, inf, g) for i, g in enumerate(generators)])
 
 
 def pgd_claim_attack(
@@ -85,24 +105,29 @@ def pgd_claim_attack(
     steps: int = 50,
     restarts: int = 2,
     step_size: float | None = None,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
 ) -> tuple[Tensor, Tensor]:
     """Minimise ``g_{W,L}`` over the ball with projected gradient descent (steepest descent
     for the norm: sign steps for L-inf, normalised gradients for L2), from the clean point and
     ``restarts`` random starts.
 
+    Args:
+        seed: one seed for the batch's random starts, or one per row (:func:`row_seeds`): each
+            row then draws its starts from its own generator, whatever else is in the batch.
     Returns:
         ``(worst margin (B,), x_adv (B, ...))``: the smallest ``g_{W,L}`` found and where.
     """
     inf = Norm(norm) == math.inf
-    generator = torch.Generator().manual_seed(seed)
+    if not isinstance(seed, int) and len(seed) != x.shape[0]:
+        raise ValueError(f"{len(seed)} seeds for {x.shape[0]} rows")
+    generators = [torch.Generator().manual_seed(s) for s in ([seed] if isinstance(seed, int) else seed)]
     base = step_size if step_size is not None else 2.5 * eps / max(steps, 1)
     with eval_mode(model):
         with torch.no_grad():
             best = claim_margin(model(x), winners, losers)
         best_x = x.clone()
         for restart in range(restarts + 1):
-            delta = torch.zeros_like(x) if restart == 0 else _random_start(x, eps, inf, generator)
+            delta = torch.zeros_like(x) if restart == 0 else _starts(x, eps, inf, generators)
             for step in range(steps):
                 delta.requires_grad_(True)
                 margin = claim_margin(model(x + delta), winners, losers)

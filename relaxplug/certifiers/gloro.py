@@ -82,9 +82,13 @@ class GloRoCertifier(Certifier):
         self.lipschitz = lipschitz
 
     def pair_lipschitz(self, model: nn.Module, input_shape: Sequence[int]) -> Tensor:
-        """``(n, n)`` matrix ``K_ji`` (``L_body * ||w_j - w_i||`` for a linear head), computed in float64."""
+        """``(n, n)`` matrix ``K_ji`` (``L_body * ||w_j - w_i||`` for a linear head), computed in float64,
+        in the model's dtype on the model's device: the estimator's cached copy, shared between calls
+        (read it, do not write to it)."""
         estimator = estimator_for(model, input_shape)
-        return estimator.pair_lipschitz(self.lipschitz).to(estimator.dtype)
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        return estimator.cast_pair_lipschitz(estimator.dtype, device, self.lipschitz)
 
     def forward_error(self, model: nn.Module, x: Tensor, eps: float) -> Tensor:
         """``(B, 1, 1)`` allowance for rounding in the computed logits, at ``x`` and at any ``x'`` of the ball:

@@ -18,6 +18,10 @@ Peak memory is measured per certifier, over its batches:
 
 The figure is divided by the number of points certified at once (``min(batch_size, N)``), so it
 reads as megabytes per instance in a batch.
+
+Under ``torchrun`` each process certifies its block of whole batches and rank 0 joins them
+(``docs/distributed.md``): the same result, with times summed over the processes and the
+largest process's peak memory.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ from relaxplug.adapters import Guarantee, resolve_guarantee
 from relaxplug.adapters.certificate import Certificate
 from relaxplug.certifiers import Certifier, get_certifier
 from relaxplug.certifiers.certify import certify
+from relaxplug import distributed
+from relaxplug.distributed import DistributedContext
 from relaxplug.evaluation.report import write_json
 from relaxplug.norms import Norm
 
@@ -183,13 +189,19 @@ def compare_certifiers(
     *,
     sets: Sequence[Sequence[int]] | None = None,
     progress: bool = True,
-) -> ComparisonResult:
+    context: DistributedContext | None = None,
+) -> ComparisonResult | None:
     """Certify ``x`` (labels ``y``) with each certifier and compare.
 
     Args:
         certifiers: names or :class:`Certifier` instances; ones that do not support ``norm`` (or
             are not installed) are skipped and listed in ``result.skipped``.
         batch_size: points certified at once (also the divisor of the peak memory).
+        context: under torchrun (``docs/distributed.md``) each rank certifies its block of whole
+            batches (the batches of a one-process run) on its device and rank 0 returns the
+            comparison of all points (the other ranks ``None``): the one-process result, except
+            that ``seconds`` and ``setup_seconds`` add up the ranks' times and the peak memory
+            is the largest rank's.
     Returns:
         a :class:`ComparisonResult`.
     """
@@ -222,52 +234,86 @@ def compare_certifiers(
             continue
         runnable.append((label, cert))
 
-    starts = list(range(0, x.shape[0], batch_size))
-    per_batch = min(batch_size, x.shape[0])
-    records: list[CertifierRecord] = []
-    masks: dict[str, Tensor] = {}
-    memory_method = ""
-    bar = tqdm(total=len(runnable) * len(starts), desc="compare", disable=not progress, leave=False)
+    context = context or DistributedContext()
+    shard = distributed.shard_range(x.shape[0], context, batch_size)
+    starts = list(range(shard.start, shard.stop, batch_size))  # this rank's whole batches
+    mine = _Share(logits=None, certs={}, seconds={}, setup_seconds={}, peak={})
+    bar = tqdm(total=len(runnable) * len(starts), desc="compare", disable=not (progress and context.is_main), leave=False)
     was_training = model.training
     try:
-        with torch.no_grad():
-            logits = torch.cat([model.eval()(x[a:a + batch_size]) for a in starts])
+        if starts:
+            with torch.no_grad():
+                mine.logits = torch.cat([model.eval()(x[a:a + batch_size]) for a in starts]).cpu()
         for label, cert in runnable:
+            if not starts:
+                continue
             bar.set_postfix_str(label)
             # one-off work (GloRo's Lipschitz bound, auto_LiRPA's graph conversion) is cached per
-            # model: pay it on one point first so the timing below is the per-point cost
+            # model: pay it on one point (the first of the data, on every rank) so the timing below
+            # is the per-point cost
             setup = time.perf_counter()
             certify(model, x[:1], eps, norm_value, cert, spec, radius=False)
-            setup_seconds = time.perf_counter() - setup
+            mine.setup_seconds[label] = time.perf_counter() - setup
             parts: list[Certificate] = []
             with _PeakMemory(device) as memory:
                 start = time.perf_counter()
                 for a in starts:
                     parts.append(certify(model, x[a:a + batch_size], eps, norm_value, cert, spec, radius=False))
                     bar.update(1)
-                seconds = time.perf_counter() - start
-            memory_method = memory.method
-            result = Certificate.concat(parts)
-            masks[label] = result.certified.cpu()
-            records.append(CertifierRecord(
-                certifier=label,
-                guarantee=result.guarantee,
-                eps=float(eps),
-                norm=norm_name,
-                points=len(result),
-                vra=result.vra(y),
-                clean_accuracy=float((logits.argmax(1) == y).float().mean()),
-                rejection_rate=float((~result.certified).float().mean()),
-                seconds=seconds,
-                peak_memory_mb_per_instance=memory.peak / 2**20 / per_batch,
-                certified=int(result.certified.sum()),
-                setup_seconds=setup_seconds,
-            ))
+                mine.seconds[label] = time.perf_counter() - start
+            mine.memory_method = memory.method
+            mine.peak[label] = memory.peak
+            mine.certs[label] = Certificate.concat(parts).to("cpu")
     finally:
         bar.close()
         model.train(was_training)
+    shares = distributed.gather_to_main(mine, context)
+    if shares is None:
+        return None
+    return _comparison([share for share in shares if share.logits is not None], [label for label, _ in runnable],
+                       y.cpu(), eps, norm_name, skipped, min(batch_size, x.shape[0]), str(device))
+
+
+@dataclass
+class _Share:
+    """One process's part of a comparison (its batches; all tensors on the CPU)."""
+
+    logits: Tensor | None
+    certs: dict[str, Certificate]
+    seconds: dict[str, float]
+    setup_seconds: dict[str, float]
+    peak: dict[str, float]
+    memory_method: str = ""
+
+
+def _comparison(shares: Sequence[_Share], labels: Sequence[str], y: Tensor, eps: float, norm_name: str,
+                skipped: dict[str, str], per_batch: int, device: str) -> ComparisonResult:
+    """The comparison of the processes' shares (in rank order, i.e. data order): certificates
+    joined, times added (compute seconds over all processes), peak memory the largest."""
+    logits = torch.cat([share.logits for share in shares])
+    records: list[CertifierRecord] = []
+    masks: dict[str, Tensor] = {}
+    for label in labels:
+        result = Certificate.concat([share.certs[label] for share in shares])
+        masks[label] = result.certified
+        peak = max(share.peak[label] for share in shares)
+        records.append(CertifierRecord(
+            certifier=label,
+            guarantee=result.guarantee,
+            eps=float(eps),
+            norm=norm_name,
+            points=len(result),
+            vra=result.vra(y),
+            clean_accuracy=float((logits.argmax(1) == y).float().mean()),
+            rejection_rate=float((~result.certified).float().mean()),
+            seconds=sum(share.seconds[label] for share in shares),
+            peak_memory_mb_per_instance=peak / 2**20 / per_batch,
+            certified=int(result.certified.sum()),
+            setup_seconds=sum(share.setup_seconds[label] for share in shares),
+        ))
     certified_not = {a: {b: int((masks[a] & ~masks[b]).sum()) for b in masks} for a in masks}
-    return ComparisonResult(records, certified_not, skipped, memory_method, per_batch, str(device), masks)
+    memory_method = shares[0].memory_method if labels else ""
+    return ComparisonResult(records, certified_not, skipped, memory_method, per_batch, device, masks)
 
 
 # ----------------------------------------------------------------------------- output

@@ -651,6 +651,8 @@ class _Analysis:
     node_bounds: dict[str, float]
     error: ForwardError  # rounding error of the computed logits (docs: relaxplug.lipschitz.rounding)
     output_norm_at_zero: float  # ||f(0)||, with ``total``: ||f(x)|| <= ||f(0)|| + total ||x||
+    #: ``pair`` converted per (dtype, device), with the version counter it had when stored
+    casts: dict[tuple[torch.dtype, torch.device], tuple[Tensor, int]] = field(default_factory=dict)
 
 
 class LipschitzEstimator:
@@ -724,6 +726,25 @@ class LipschitzEstimator:
                 f"{type(self.model).__name__} does not return logits of shape (B, n); GloRo needs them"
             )
         return pair.clone()
+
+    def cast_pair_lipschitz(self, dtype: torch.dtype, device: torch.device | str, mode: str = "sound") -> Tensor:
+        """:meth:`pair_lipschitz` converted to ``dtype`` on ``device``, shared between calls.
+
+        The converted matrix is cached with the analysis it comes from, so it is dropped whenever
+        the analysis is (any change to what the model computes, as for :meth:`sound`), and it is
+        rebuilt when its version counter moved (an in-place write). Read it, do not write to it: at
+        10,000 classes a fresh copy per call (800 MB read, 400 MB written) costs more than the
+        certification it serves (``benchmarks/class_scaling.py``).
+        """
+        analysis = self._analysis(mode)
+        if analysis.pair is None:
+            self.pair_lipschitz(mode)  # raises the error naming the cause
+        key = (dtype, torch.device(device))
+        cached = analysis.casts.get(key)
+        if cached is None or cached[0]._version != cached[1]:
+            matrix = analysis.pair.to(dtype=dtype, device=key[1], copy=True)
+            cached = analysis.casts[key] = (matrix, matrix._version)
+        return cached[0]
 
     def forward_error(self) -> ForwardError:
         """Bound ``e0 + e1 ||x||`` on the L2 rounding error of the computed logits (sound analysis)."""

@@ -106,3 +106,22 @@ def test_attacks_show_progress_only_when_asked(capsys):
     assert "attack claim 'set'" in capsys.readouterr().err
     check_certificates(model, x, cert, settings=AttackSettings(steps=2, restarts=0, batch_size=2))
     assert "attack claim" not in capsys.readouterr().err
+
+
+def test_random_starts_follow_the_example_not_the_batch():
+    """A point's random starts are seeded by its data-set index (``index_offset`` + row), so the
+    points 4..7 attacked alone give what they give inside the whole batch; told the wrong index
+    (offset 0) they are attacked from other starts and end elsewhere."""
+    from relaxplug.attacks.claims import attack_claims
+
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 5)).double()
+    x = torch.randn(8, 4, dtype=torch.float64)
+    sets = nn.functional.one_hot(model(x).argmax(1), 5).bool()
+    settings = AttackSettings(steps=1, restarts=3, targets=0, step_size=1e-9)  # the starts decide
+    whole = attack_claims(model, x, [Claim.of_sets("set", 2.0, torch.arange(8), sets.detach())], 2, settings)[0]
+    tail = Claim.of_sets("set", 2.0, torch.arange(4), sets[4:].detach())
+    alone = attack_claims(model, x[4:], [tail], 2, settings, index_offset=4)[0]
+    assert torch.equal(alone, whole[4:])
+    misplaced = attack_claims(model, x[4:], [tail], 2, settings)[0]
+    assert not torch.equal(misplaced, whole[4:])

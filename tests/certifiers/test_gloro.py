@@ -117,6 +117,27 @@ def test_sound_bound_cache_follows_weight_changes():
     assert est.sound() == pytest.approx(2 * first, rel=1e-6)
 
 
+def test_cast_pair_matrix_is_shared_until_the_model_or_the_matrix_changes():
+    """The certifier's ``(n, n)`` matrix in the model's dtype is one cached copy, not one per call;
+    a weight change (also through ``.data``, which no version counter sees) and a write into the
+    shared copy both rebuild it."""
+    model = nn.Sequential(nn.Linear(3, 8), MinMax(), nn.Linear(8, 4))
+    certifier = rp.certifiers.get_certifier("gloro")
+    est = estimator_for(model, (3,))
+    first = certifier.pair_lipschitz(model, (3,))
+    assert first.dtype == torch.float32 and torch.equal(first, est.pair_lipschitz().float())
+    assert certifier.pair_lipschitz(model, (3,)) is first  # no copy per call
+    model[2].weight.data[1] *= 3.0
+    changed = certifier.pair_lipschitz(model, (3,))
+    assert changed is not first and torch.equal(changed, est.pair_lipschitz().float())
+    assert not torch.equal(changed, first)
+    changed.mul_(0.5)  # a caller writing into the shared matrix
+    rebuilt = certifier.pair_lipschitz(model, (3,))
+    assert torch.equal(rebuilt, est.pair_lipschitz().float())
+    power = rp.certifiers.get_certifier("gloro", lipschitz="power").pair_lipschitz(model, (3,))
+    assert power is not rebuilt and bool((power <= rebuilt).all())
+
+
 def test_sound_bound_is_above_power_iteration():
     model = _nonlinear_nets()[1][0]
     est = estimator_for(model, (1, 8, 8))

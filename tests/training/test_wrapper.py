@@ -163,14 +163,15 @@ def test_wrapper_trained_models_survive_the_attack_on_their_certificates():
         assert check_certificates(model, x, dataclasses.replace(cert, eps=10.0)).points != [], guarantee
 
 
-def test_under_bf16_autocast_only_the_model_forward_is_low_precision():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_under_bf16_autocast_only_the_model_forward_is_low_precision(device):
     """Autocast (what ``bf16: true`` turns on for CUDA training; CPU autocast runs the same code):
     the logits come from the bf16 forward, but the Lipschitz estimate, the margins and the
     instrumented output are float32, equal to the float32 computation on the upcast logits."""
-    net = _net().train()
-    x = torch.rand(6, 1, 8, 8)
+    net = _net().train().to(device)
+    x = torch.rand(6, 1, 8, 8, device=device)
     before = _vectors(net)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast(device, dtype=torch.bfloat16):
         g = net(x)
         low = net.model(x)
     assert low.dtype == torch.bfloat16 and g.dtype == torch.float32
