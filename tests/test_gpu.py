@@ -15,10 +15,7 @@ from relaxplug.training.config import TrainConfig
 from relaxplug.models.architectures import build_model
 from relaxplug.training.trainer import train
 
-try:
-    from relaxplug.certifiers import lirpa  # noqa: F401  (registers the bound-propagation certifiers)
-except ImportError:
-    pass
+from relaxplug.certifiers import lirpa  # noqa: F401,E402  (registers the bound-propagation certifiers)
 
 pytestmark = pytest.mark.gpu
 
