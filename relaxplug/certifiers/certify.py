@@ -54,6 +54,11 @@ def check_model(model: nn.Module, x: Tensor) -> None:
     input, or parameters/buffers of another float type or device than ``x``."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(model, torch.jit.ScriptModule):
+        raise TypeError("model is a TorchScript module (torch.jit.script/trace), whose computation cannot be "
+                        "inspected: certify the nn.Module it was made from")
+    if hasattr(model, "_orig_mod") and type(model).__name__ == "OptimizedModule":
+        raise TypeError("model is a torch.compile wrapper: certify the module it compiles (model._orig_mod)")
     if not x.is_floating_point():
         raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
     for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):

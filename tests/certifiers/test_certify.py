@@ -153,3 +153,14 @@ def test_vra_refuses_labels_that_are_not_class_indices(labels, words):
     with pytest.raises(ValueError, match=words):
         cert.vra(labels)
     assert 0.0 <= cert.vra([0, 1, 2]) <= 1.0
+
+
+@pytest.mark.parametrize("certifier", ["gloro", "ibp"])
+@pytest.mark.parametrize("wrap, words", [
+    (lambda m, x: torch.jit.script(m), "TorchScript module"),
+    (lambda m, x: torch.jit.trace(m, x[:1]), "TorchScript module"),
+])
+def test_opaque_wrappers_are_refused_with_what_to_certify_instead(certifier, wrap, words):
+    model, x = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3)).eval(), torch.randn(4, 5)
+    with pytest.raises(TypeError, match=words):
+        rp.certify(wrap(model, x), x, 0.1, certifier=certifier)
