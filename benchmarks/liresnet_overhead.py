@@ -8,12 +8,14 @@ computation the cached bound was built for) likewise. The sound Lipschitz bound 
 one-off cost is printed separately. Timings are medians of interleaved rounds
 (``gloro_overhead.timed_side_by_side``).
 
-Usage: python benchmarks/liresnet_overhead.py [--batch 256] [--repeats 5] [--device cpu]
+Usage: python benchmarks/liresnet_overhead.py [--batch 256] [--repeats 5] [--device cpu] [--threads N]
+(``-v``-style progress of the one-off bound: it logs per layer at INFO level.)
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 
 import torch
@@ -27,13 +29,17 @@ from relaxplug.models.liresnet import build_liresnet
 
 
 def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--depth", type=int, default=12)
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is faster on a loaded machine)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
     model = build_liresnet((3, 32, 32), 100, depth=args.depth, width=args.width).to(device).eval()

@@ -9,6 +9,7 @@ exact it must also be <= the reference times ``1 + FLOAT_ALLOWANCE`` (float64 ro
 
 from __future__ import annotations
 
+import logging
 import math
 
 import pytest
@@ -755,3 +756,15 @@ def test_estimator_cache_does_not_keep_models_alive(stack):
     del model
     gc.collect()
     assert ref() is None
+
+
+def test_sound_analysis_reports_progress_per_weighted_layer(caplog):
+    """The one-off sound analysis logs its set-up and one line per weighted layer (INFO when a layer
+    takes a second or more, DEBUG otherwise), so a large model is never minutes of silence."""
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 5 * 5, 3))
+    with caplog.at_level(logging.DEBUG, logger="relaxplug.lipschitz.graph"):
+        LipschitzEstimator(model, (2, 5, 5)).sound()
+    messages = [r.getMessage() for r in caplog.records if r.name == "relaxplug.lipschitz.graph"]
+    assert any("2 weighted layers to bound" in m for m in messages)
+    assert sum("(Conv2d)" in m or "(Linear)" in m for m in messages) == 2
+    assert any("s in all" in m for m in messages)
