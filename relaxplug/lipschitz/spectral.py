@@ -238,7 +238,8 @@ def max_singular_value(matrices: Tensor) -> float:
     top = theta.topk(min(_REFINED, len(theta))).indices
     theta[top] = torch.maximum(theta[top], _ritz_values(gram[top], steps))
     rtol = CERTIFIED_RTOL
-    c = float(theta.max()) * (1.0 + rtol)
+    floor = float(gram.diagonal(dim1=-2, dim2=-1).real.max())  # lambda_max >= max_i G_ii > 0
+    c = max(float(theta.max()), floor) * (1.0 + rtol)
     pending = torch.arange(len(gram), device=gram.device)
     for _ in range(_MAX_ROUNDS):
         pending = pending[~_below(gram[pending], c)]
