@@ -50,7 +50,7 @@ def runs(epochs: int, out: Path) -> list[tuple[str, list[str]]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=10,
-                        help="epochs of every run (10: the four runs took 27 min on the loaded 2-core machine)")
+                        help="epochs of every run (10: the four runs trained in 32 min on the 2-core machine at load 12-24)")
     parser.add_argument("--out", type=Path, default=Path("runs/sota_digits"))
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is faster on a loaded machine)")
     args = parser.parse_args()
