@@ -30,6 +30,7 @@ from relaxplug.attacks.settings import AttackSettings
 from relaxplug.certifiers import Certifier, get_certifier, list_certifiers
 from relaxplug.certifiers.certify import certify
 from relaxplug.models.layers import InvertibleDownsample, MinMax
+from relaxplug.models.liresnet import build_bronet, build_liresnet
 from relaxplug.norms import Norm
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "SWEEP_COLUMNS",
     "ADVERSARIAL",
     "ARCHITECTURES",
+    "LIPSCHITZ_NETS",
 ]
 
 SWEEP_COLUMNS = ("net", "norm", "eps", "certifier", "guarantee", "points", "certified", "sizes", "claims", "attacked",
@@ -79,7 +81,7 @@ class SweepSettings:
 
     @classmethod
     def full(cls) -> "SweepSettings":
-        archs = (*ARCHITECTURES, *ADVERSARIAL)
+        archs = (*ARCHITECTURES, *ADVERSARIAL, *LIPSCHITZ_NETS)
         return cls(points=200, train_steps=400, eps_scales=(0.5, 1.0, 2.0), steps=100, restarts=3,
                    random_nets=archs, trained_nets=archs,
                    certifier_options=(("alpha-crown", (("iterations", 5),)),))
@@ -172,6 +174,30 @@ ADVERSARIAL: dict[str, tuple[Callable[[tuple[int, ...], int], nn.Sequential], tu
 }
 
 
+# ---- state-of-the-art Lipschitz nets (issue 15): LiResNet and BRO layers, small sizes
+
+
+def _liresnet_small(input_shape: tuple[int, ...], n_classes: int) -> nn.Sequential:
+    """LiResNet (one-operator residual convolutions, Cholesky neck and dense layers, row-normalized head)."""
+    return build_liresnet(input_shape, n_classes, depth=2, width=8, stem_kernel=3, stem_stride=1, neck_patch=4,
+                          neck_features=16, mlp_depth=1)
+
+
+def _bronet_small(input_shape: tuple[int, ...], n_classes: int) -> nn.Sequential:
+    """BRO convolutions (one block reflector per frequency) and BRO dense layers."""
+    return build_bronet(input_shape, n_classes, depth=2, width=8, neck_features=16, mlp_depth=1)
+
+
+#: the orthogonal / residual layers of the state-of-the-art Lipschitz networks; the full sweep runs
+#: them with the others, ``benchmarks/soundness_sweep.py --nets lipschitz`` alone
+LIPSCHITZ_NETS: dict[str, tuple[Callable[[tuple[int, ...], int], nn.Sequential], tuple[int, ...], int]] = {
+    "liresnet-small": (_liresnet_small, (2, 8, 8), 4),
+    "bronet-small": (_bronet_small, (2, 8, 8), 4),
+}
+
+# ---- end of the state-of-the-art Lipschitz nets
+
+
 @dataclass
 class SweepNet:
     """A model and the points it is certified and attacked on."""
@@ -210,7 +236,7 @@ def sweep_nets(settings: SweepSettings, seed: int = 0) -> list[SweepNet]:
     nets = []
     for trained, names in ((False, settings.random_nets), (True, settings.trained_nets)):
         for index, name in enumerate(names):
-            build, shape, n_classes = {**ARCHITECTURES, **ADVERSARIAL}[name]
+            build, shape, n_classes = {**ARCHITECTURES, **ADVERSARIAL, **LIPSCHITZ_NETS}[name]
             net_seed = seed * 1000 + 10 * index + trained
             generator = torch.Generator().manual_seed(net_seed)
             train_x, train_y, centres = cluster_data(shape, n_classes, 256, generator)

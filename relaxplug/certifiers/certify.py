@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from relaxplug.adapters import Guarantee, resolve_guarantee
 from relaxplug.adapters.certificate import Certificate
 from relaxplug.certifiers import Certifier, get_certifier
+from relaxplug.lipschitz import checked_once
 from relaxplug.modes import eval_mode
 from relaxplug.norms import Norm
 
@@ -143,9 +144,10 @@ def certify(
         logits = model_logits(model, x)
         spec.validate(logits.shape[1])
         requests = spec.requests(logits, eps)
-        bounds = cert.bounds(model, x, logits, requests, norm)
-        result = spec.evaluate(requests[0].order, bounds)
-        radii = cert.radius(model, x, logits, spec, norm) if radius else None
+        with checked_once(model):  # bounds and radius neither run nor change the model
+            bounds = cert.bounds(model, x, logits, requests, norm)
+            result = spec.evaluate(requests[0].order, bounds)
+            radii = cert.radius(model, x, logits, spec, norm) if radius else None
     if radii is None:
         radii = torch.full_like(result.margin, float("nan"))
     if x.is_cuda:

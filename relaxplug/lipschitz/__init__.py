@@ -12,6 +12,7 @@ from relaxplug.lipschitz import torch_layers as torch_layers
 from relaxplug.lipschitz.graph import LIPSCHITZ_MODES as LIPSCHITZ_MODES
 from relaxplug.lipschitz.graph import GraphLipschitzEstimator as GraphLipschitzEstimator
 from relaxplug.lipschitz.graph import LipschitzEstimator as LipschitzEstimator
+from relaxplug.lipschitz.graph import checked_once as checked_once
 from relaxplug.lipschitz.graph import estimator_for as estimator_for
 from relaxplug.lipschitz.graph import init_lipschitz_state as init_lipschitz_state
 from relaxplug.lipschitz.graph import load_lipschitz_state as load_lipschitz_state
@@ -30,6 +31,7 @@ __all__ = [
     "LipschitzEstimator",
     "LipschitzLayer",
     "UnsupportedLayerError",
+    "checked_once",
     "estimator_for",
     "head_distances",
     "init_lipschitz_state",

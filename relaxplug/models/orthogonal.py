@@ -191,7 +191,6 @@ class CholeskyLinear(_OrthogonalDense):
         if residual:
             self.raw = nn.Parameter(torch.randn(out_features, in_features) / in_features)
             self.gamma = nn.Parameter(torch.ones(out_features, 1))
-            self.register_buffer("identity", torch.eye(in_features), persistent=False)
             self.scale = depth ** -0.5
         else:
             self.raw = nn.Parameter(torch.randn(out_features, in_features) / math.sqrt(in_features))
@@ -204,7 +203,10 @@ class CholeskyLinear(_OrthogonalDense):
         return self._derived.get(self.training, sources, self._orthogonalize)
 
     def _orthogonalize(self) -> Tensor:
-        v = self.identity + self.gamma * self.raw * self.scale if self.residual else self.raw
+        if not self.residual:
+            return cholesky_orthogonalize(self.raw)
+        v = self.gamma * self.raw * self.scale
+        v.diagonal().add_(1.0)  # I + gamma V0 / sqrt(depth), without an identity buffer to store and compare
         return cholesky_orthogonalize(v)
 
     def extra_repr(self) -> str:
@@ -346,12 +348,12 @@ class BROConv2d(nn.Module):
         return y
 
     def lipschitz_bound(self, input_shape: Sequence[int]) -> Tensor:
-        """Sound: ``(1 + FLOAT_ALLOWANCE) * max_w sigma_max(W(w))`` over the grid, SVDs in float64."""
+        """Sound: ``(1 + FLOAT_ALLOWANCE) * max_w sigma_max(W(w))`` over the grid, in float64
+        (:func:`~relaxplug.lipschitz.spectral.max_singular_value`)."""
         if len(input_shape) != 3:
             raise ValueError(f"BROConv2d takes (C, H, W) inputs, got {tuple(input_shape)}")
         with torch.no_grad():
-            symbols = self.symbols(self._grid(input_shape[1:])).to(torch.complex128)
-            sigma = float(torch.linalg.svdvals(symbols)[..., 0].max())
+            sigma = spectral.max_singular_value(self.symbols(self._grid(input_shape[1:])))
         return _bound_tensor(sigma * (1.0 + spectral.FLOAT_ALLOWANCE), self.raw)
 
     def lipschitz_estimate(self, input_shape: Sequence[int]) -> Tensor:

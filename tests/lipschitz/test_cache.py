@@ -64,3 +64,26 @@ def test_dtype_and_float_settings_are_part_of_the_key():
     assert snap.same_structure(model)
     model.double()
     assert not snap.same_structure(model)
+
+
+def test_certify_compares_the_cached_analysis_with_the_model_once_per_call(monkeypatch) -> None:
+    """GloRo's bounds and radius read the sound analysis three times; inside ``certify`` only the
+    first read compares it with the model (``checked_once``), and the next call compares again, so
+    a write through ``.data`` between calls is still seen."""
+    import relaxplug as rp
+    from relaxplug.lipschitz.cache import ComputationSnapshot
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 4)).eval()
+    x = torch.randn(5, 6)
+    first = rp.certify(model, x, 0.1, radius=True)
+    calls = []
+    original = ComputationSnapshot.matches
+    monkeypatch.setattr(ComputationSnapshot, "matches", lambda self, m: calls.append(1) or original(self, m))
+    again = rp.certify(model, x, 0.1, radius=True)
+    assert len(calls) == 1
+    assert torch.equal(again.margin, first.margin)
+    model[2].weight.data.mul_(3.0)
+    changed = rp.certify(model, x, 0.1, radius=True)
+    assert len(calls) == 2
+    assert not torch.allclose(changed.radius, first.radius)
