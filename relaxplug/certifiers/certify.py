@@ -103,7 +103,7 @@ def certify(
     start = time.perf_counter()
     with eval_mode(model):
         with torch.no_grad():
-            logits = model(x)
+            logits = cert.logits(model, x)
         if not isinstance(logits, Tensor):
             raise TypeError(f"model must return a logits tensor (B, n), got a {type(logits).__name__}")
         if logits.ndim != 2 or logits.shape[0] != x.shape[0]:

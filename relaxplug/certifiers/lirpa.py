@@ -138,7 +138,7 @@ class LirpaCertifier(Certifier):
     def _compute(self, entry: Bounded, x: Tensor, eps: float, norm: float, specs):
         """For each ``(C, lower, upper)`` of ``specs`` (one spec chunk and the sides it needs),
         yield ``(lower bound or None, upper bound or None)``; one ``compute_bounds`` call each."""
-        bounded = entry.bounded
+        bounded = entry.wide()
         interm = None
         for c, lower, upper in specs:
             inputs = (api.bounded_tensor(x, eps, norm),)
@@ -258,6 +258,8 @@ class LirpaCertifier(Certifier):
                                       "forward pass that is random, in training mode, or reads state outside "
                                       "the model); it cannot be certified")
         self._device_type = x.device.type
+        wide = entry.wide()
+        x_wide = x.detach().to(torch.float64)  # bounds in float64 (an exact widening of the inputs)
         out = []
         for request in requests:
             if request.eps == 0:  # the ranking computed at x itself is the claim: exact, nothing to bound
@@ -265,14 +267,15 @@ class LirpaCertifier(Certifier):
                 out.append(ranked[:, :request.n_candidates, None] - ranked[:, None, :])  # (B, K, n)
                 continue
             if self.spec == "pairwise":
-                lower = self._pairwise(entry, x.detach(), request, norm, logits.dtype)
+                lower = self._pairwise(entry, x_wide, request, norm, x_wide.dtype)
             elif self.spec == "anchor":
-                lower = self._anchor(entry, x.detach(), request, norm, logits.dtype)
+                lower = self._anchor(entry, x_wide, request, norm, x_wide.dtype)
             else:
-                lower = self._logit(entry, x.detach(), request, norm, logits.dtype)
-            errors = error_model(entry.bounded, x.detach(), request.eps, norm)
+                lower = self._logit(entry, x_wide, request, norm, x_wide.dtype)
+            known = _intermediate_bounds(wide)  # this ball's bounds (CROWN's are tighter than IBP's)
+            errors = error_model(wide, x_wide, request.eps, norm, forward_dtype=x.dtype, known=known)
             allowance = errors.margin_allowance(request.order, request.n_candidates).to(lower.dtype)
-            out.append(_with_allowance(lower, logits, request) - allowance)
+            out.append(_round_down(_with_allowance(lower, logits, request) - allowance, logits.dtype))
         return out
 
     def options(self) -> tuple[tuple[str, Any], ...]:
@@ -354,6 +357,12 @@ def _intermediate_bounds(bounded) -> dict[str, tuple[Tensor, Tensor]]:
         if isinstance(lower, Tensor) and isinstance(upper, Tensor):
             out[node.name] = (lower.detach(), upper.detach())
     return out
+
+
+def _round_down(value: Tensor, dtype: torch.dtype) -> Tensor:
+    """``value`` in ``dtype``, never rounded up (a lower bound stays a lower bound)."""
+    narrow = value.to(dtype)
+    return torch.where(narrow.to(value.dtype) > value, torch.nextafter(narrow, narrow.new_full((), -math.inf)), narrow)
 
 
 def _with_allowance(lower: Tensor, logits: Tensor, request: MarginRequest) -> Tensor:
