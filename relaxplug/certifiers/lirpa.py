@@ -14,9 +14,11 @@ looser, but much cheaper when ``K n`` pair rows outnumber them.
 
 The model is converted by :func:`relaxplug.lirpa.bounded_module` (exact lowering, the L2 input
 guard, a cache valid only for the exact computation, refusal of data-dependent control flow and
-batch mixing); every batch is checked against the converted copy, and every bound is lowered by
-the floating-point allowance of :mod:`relaxplug.lirpa.tolerance` (intermediate magnitudes) and
-:func:`relaxplug.certifiers.base.rounding_allowance`. Both auto_LiRPA 0.3 and 0.7.x work; their API
+batch mixing); every batch is checked against the converted copy. Bounds are computed in float64
+on a float64 copy of the conversion (:meth:`relaxplug.lirpa.Bounded.wide`), and every bound is
+lowered by the deterministic floating-point allowance of the float32 forward pass
+(:mod:`relaxplug.lirpa.tolerance`, intermediate magnitudes) and
+:func:`relaxplug.certifiers.base.rounding_allowance`, then rounded down to the logits' dtype. Both auto_LiRPA 0.3 and 0.7.x work; their API
 differences live in :mod:`relaxplug.lirpa.api`.
 
 Importing this module registers the certifiers when auto_LiRPA is installed and raises

@@ -912,6 +912,7 @@ class LipschitzEstimator:
         recorder.keep_values = True
         x = inputs(batch, 1.0)
         with torch.no_grad():
+            reference = model(x)  # first: the model's own errors surface as they are
             try:
                 traced = recorder.run(x)
                 other = _Recorder(self.graph_module)
@@ -926,7 +927,6 @@ class LipschitzEstimator:
                     f"the traced graph of {type(model).__name__} failed on an input of shape {tuple(x.shape)} "
                     f"({type(exc).__name__}: {exc})"
                 ) from exc
-            reference = model(x)
         if not isinstance(traced, Tensor) or not isinstance(reference, Tensor) or traced.shape != reference.shape:
             raise UnsupportedLayerError(f"{type(model).__name__}: the traced graph does not return the model's logits")
         scale = float(reference.detach().nan_to_num().abs().max()) if reference.numel() else 0.0
