@@ -790,11 +790,19 @@ class LipschitzEstimator:
         cost of one norm per node and example."""
         analysis = self._analysis("sound")
         rounding = analysis.rounding
-        wanted = set(rounding.rules) | {n for n in rounding.nodes if n.op == "placeholder" and rounding.rec.dep.get(n)}
+        # exact 1-Lipschitz ops fixing 0 (ReLU, MinMax, permutations, max pooling without overlap):
+        # ||v|| <= ||input||, so the input's norm bounds theirs without measuring it
+        same = {n: r.input for n, r in rounding.rules.items()
+                if isinstance(r, _Gain) and r.ulps == 0 and r.gain == 1.0 and r.jump == 0}
+        wanted = (set(rounding.rules) - set(same)) | {n for n in rounding.nodes if n.op == "placeholder" and rounding.rec.dep.get(n)}
         recorder = _NormRecorder(self.graph_module, wanted, unit_roundoff(rounding.rec.const_dtype, x.device)[0])
         with torch.no_grad(), _eval_mode(self.model):
             logits = recorder.run(x)
-        e0, e1 = rounding.at(recorder.norms)
+        norms = recorder.norms
+        for n in rounding.nodes:  # topological order: an input's norm is known before its users'
+            if n in same:
+                norms[n] = norms[same[n]]
+        e0, e1 = rounding.at(norms)
         return logits, torch.as_tensor(e0, dtype=torch.float64).expand(len(x)).to(x.device), float(e1)
 
     def output_norm_at_zero(self) -> float:

@@ -380,6 +380,8 @@ def test_rounding_model_covers_intermediate_magnitudes(name, build, shape):
         observed = (model(x).double() - model.double()(x.double())).norm(dim=1)
     model.float()
     assert torch.all(observed <= error(x))  # the model's float32 error, measured against float64
+    _, e0, _ = estimator_for(model, shape).measured_forward(x)  # magnitudes measured at x
+    assert torch.all(observed <= e0)
     assert _break_certificates(model, x[:64], 1e-3, steps=20, samples=256) == 0
 
 
