@@ -47,6 +47,12 @@ class Certifier:
         if not supported:
             raise ValueError(f"certifier {self.name!r} supports norms {[Norm(n).name for n in self.norms]}, got {norm}")
 
+    def logits(self, model: nn.Module, x: Tensor) -> Tensor:
+        """The logits ``(B, n)`` a certificate is about: ``model(x)`` (called under ``no_grad`` in eval
+        mode). A certifier may compute them with the same operations while measuring what its
+        bounds use (GloRo: every layer's norm, for the rounding model)."""
+        return model(x)
+
     def bounds(self, model: nn.Module, x: Tensor, logits: Tensor, requests: Sequence[MarginRequest], norm: float) -> list[Tensor]:
         """One ``(B, K, n)`` rank-form lower-bound tensor per request (``adapters.base``)."""
         raise NotImplementedError

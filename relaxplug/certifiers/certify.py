@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -72,12 +72,12 @@ def check_model(model: nn.Module, x: Tensor) -> None:
             raise ValueError(f"the model's {name} is on {tensor.device} but x is on {x.device}: move one of them")
 
 
-def model_logits(model: nn.Module, x: Tensor) -> Tensor:
-    """``model(x)`` without gradients, checked to be logits ``(B, n)``; a forward that fails is
-    reported with the input's shape."""
+def model_logits(model: nn.Module, x: Tensor, run: Callable[[nn.Module, Tensor], Tensor] | None = None) -> Tensor:
+    """``model(x)`` (or ``run(model, x)``, e.g. a certifier's own evaluation of the model) without
+    gradients, checked to be logits ``(B, n)``; a forward that fails is reported with the input's shape."""
     try:
         with torch.no_grad():
-            logits = model(x)
+            logits = model(x) if run is None else run(model, x)
     except (RuntimeError, ValueError, IndexError) as error:
         raise ValueError(f"the model failed on x of shape {tuple(x.shape)} ({x.dtype}): {error}") from error
     if not isinstance(logits, Tensor):
@@ -140,14 +140,15 @@ def certify(
     cert.check_norm(norm)
     start = time.perf_counter()
     check_model(model, x)
-    with eval_mode(model):
-        logits = model_logits(model, x)
+    # the cached Lipschitz analysis is compared with the model at its first read in this call;
+    # nothing below changes the model after that read (GloRo evaluates the traced graph)
+    with eval_mode(model), checked_once(model):
+        logits = model_logits(model, x, cert.logits)
         spec.validate(logits.shape[1])
         requests = spec.requests(logits, eps)
-        with checked_once(model):  # bounds and radius neither run nor change the model
-            bounds = cert.bounds(model, x, logits, requests, norm)
-            result = spec.evaluate(requests[0].order, bounds)
-            radii = cert.radius(model, x, logits, spec, norm) if radius else None
+        bounds = cert.bounds(model, x, logits, requests, norm)
+        result = spec.evaluate(requests[0].order, bounds)
+        radii = cert.radius(model, x, logits, spec, norm) if radius else None
     if radii is None:
         radii = torch.full_like(result.margin, float("nan"))
     if x.is_cuda:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import Sequence
 
 import torch
 from torch import Tensor, nn
 
 from relaxplug.adapters import Guarantee, MarginRequest
-from relaxplug.lipschitz import LIPSCHITZ_MODES, estimator_for
+from relaxplug.lipschitz import LIPSCHITZ_MODES, ForwardError, estimator_for
 
 from relaxplug.certifiers.base import Certifier, register_certifier, rounding_allowance
 
@@ -63,9 +64,12 @@ class GloRoCertifier(Certifier):
     The model is traced with torch.fx and bounded by :mod:`relaxplug.lipschitz.graph` (layers
     with the Lipschitz protocol are leaves; other ops by an allow-list of proven constants).
     Every margin bound at ``eps > 0`` subtracts the forward pass's rounding error at ``x`` and in
-    the ball (``2 E(||x||) + 2 E(||x|| + eps)``, the model of :mod:`relaxplug.lipschitz.rounding`,
+    the ball (``2 E_x + 2 E_ball``, the deterministic model of :mod:`relaxplug.lipschitz.rounding`,
     which follows intermediate magnitudes) and the rounding of the bound's own arithmetic
-    (``rounding_allowance``).
+    (``rounding_allowance``). The logits are computed by the model's traced graph (the same
+    operations, :meth:`logits`), which measures every node's norm at ``x`` on the way, so the
+    magnitudes over the ball are ``||v~(x)|| + E_v + L_v eps``; the bound from the reference point 0
+    (``||v~(0)|| + E_v + L_v (||x|| + eps)``) is used where it is smaller.
 
     Args:
         lipschitz: ``"sound"`` (provable bounds, default) or ``"power"`` (converged power
@@ -80,6 +84,27 @@ class GloRoCertifier(Certifier):
         if lipschitz not in LIPSCHITZ_MODES:
             raise ValueError(f"lipschitz must be one of {LIPSCHITZ_MODES}, got {lipschitz!r}")
         self.lipschitz = lipschitz
+        self._measured: tuple | None = None  # (model, x, x version, analysis token, e0, e1) of :meth:`logits`
+
+    def logits(self, model: nn.Module, x: Tensor) -> Tensor:
+        """The logits by the model's traced graph (the same operations as ``model(x)``), measuring each
+        node's norm for the rounding model of :meth:`forward_error` (no second forward pass)."""
+        estimator = estimator_for(model, x.shape[1:])
+        logits, e0, e1 = estimator.measured_forward(x)
+        self._measured = (weakref.ref(model), weakref.ref(x), x._version, estimator.forward_error(), e0, e1)
+        return logits
+
+    def _rounding(self, model: nn.Module, x: Tensor) -> tuple[ForwardError, Tensor, float]:
+        """``(E from 0, e0, e1)``: the reference-0 error model and the measured one at ``x``
+        (:meth:`~relaxplug.lipschitz.LipschitzEstimator.measured_forward`), reused from :meth:`logits`
+        only for the same model, analysis and unchanged ``x``."""
+        estimator = estimator_for(model, x.shape[1:])
+        reference = estimator.forward_error()
+        m = self._measured
+        if m is not None and m[0]() is model and m[1]() is x and m[2] == x._version and m[3] is reference:
+            return reference, m[4], m[5]
+        _, e0, e1 = estimator.measured_forward(x)
+        return reference, e0, e1
 
     def pair_lipschitz(self, model: nn.Module, input_shape: Sequence[int]) -> Tensor:
         """``(n, n)`` matrix ``K_ji`` (``L_body * ||w_j - w_i||`` for a linear head), computed in float64,
@@ -92,12 +117,15 @@ class GloRoCertifier(Certifier):
 
     def forward_error(self, model: nn.Module, x: Tensor, eps: float) -> Tensor:
         """``(B, 1, 1)`` allowance for rounding in the computed logits, at ``x`` and at any ``x'`` of the ball:
-        ``2 E(||x||) + 2 E(||x|| + eps)`` with ``E(r) = e0 + e1 r`` (a margin moves by at most twice the
-        logits' error). ``eps = 0`` claims the ranking computed at ``x`` itself: no allowance."""
+        ``2 E_x + 2 E_ball`` (a margin moves by at most twice the logits' error), the smaller of
+        ``4 e0 + 2 e1 eps`` (magnitudes measured at ``x``) and ``4 E(||x||) + 2 E.e1 eps`` (from the
+        reference point 0), inflated by ``1e-6`` for its conversion to the logits' dtype. ``eps = 0``
+        claims the ranking computed at ``x`` itself: no allowance."""
         if eps == 0:
             return torch.zeros(len(x), 1, 1, dtype=torch.float64, device=x.device)
-        error = estimator_for(model, x.shape[1:]).forward_error()
-        return (2.0 * error(x) + 2.0 * (error(x) + error.e1 * eps))[:, None, None]
+        reference, e0, e1 = self._rounding(model, x)
+        allowance = torch.minimum(4.0 * e0 + 2.0 * e1 * eps, 4.0 * reference(x) + 2.0 * reference.e1 * eps)
+        return (allowance * (1.0 + 1e-6))[:, None, None]
 
     def bounds(self, model: nn.Module, x: Tensor, logits: Tensor, requests: Sequence[MarginRequest], norm: float) -> list[Tensor]:
         self.check_norm(norm)
@@ -124,11 +152,15 @@ class GloRoCertifier(Certifier):
         ranked = logits.gather(1, request.order)
         gaps = ranked[:, :k, None] - ranked[:, None, :]
         lipschitz = rank_pairs(pair_k, request.order, k)
-        # allowance at radius r > 0: rtol (2 max|f| + r K) + 4 E(||x||) + 2 e1 r; solve gap - allowance - r K > 0
-        error = estimator_for(model, x.shape[1:]).forward_error()
-        rtol_scale = rounding_allowance(logits, 0.0) + (4.0 * error(x)).to(logits)[:, None, None]
+        # allowance at radius r > 0: rtol (2 max|f| + r K) + 4 e0 + 2 e1 r for either rounding model (the
+        # smaller allowance certifies a pair up to the larger ratio); solve gap - allowance - r K > 0
+        reference, e0, e1 = self._rounding(model, x)
         rtol = rounding_allowance(logits, 1.0) - rounding_allowance(logits, 0.0)
-        slope = lipschitz * (1 + rtol) + 2.0 * error.e1
-        ratio = (gaps - rtol_scale) / slope.clamp_min(torch.finfo(logits.dtype).tiny)
+        ratio = None
+        for c0, c1 in ((e0, e1), (reference(x), reference.e1)):
+            rtol_scale = rounding_allowance(logits, 0.0) + (4.0 * c0 * (1.0 + 1e-6)).to(logits)[:, None, None]
+            slope = lipschitz * (1 + rtol) + 2.0 * c1 * (1.0 + 1e-6)
+            part = (gaps - rtol_scale) / slope.clamp_min(torch.finfo(logits.dtype).tiny)
+            ratio = part if ratio is None else torch.maximum(ratio, part)
         result = guarantee.evaluate(request.order, [ratio])
         return result.margin.clamp_min(0.0)

@@ -14,9 +14,11 @@ looser, but much cheaper when ``K n`` pair rows outnumber them.
 
 The model is converted by :func:`relaxplug.lirpa.bounded_module` (exact lowering, the L2 input
 guard, a cache valid only for the exact computation, refusal of data-dependent control flow and
-batch mixing); every batch is checked against the converted copy, and every bound is lowered by
-the floating-point allowance of :mod:`relaxplug.lirpa.tolerance` (intermediate magnitudes) and
-:func:`relaxplug.certifiers.base.rounding_allowance`. Both auto_LiRPA 0.3 and 0.7.x work; their API
+batch mixing); every batch is checked against the converted copy. Bounds are computed in float64
+on a float64 copy of the conversion (:meth:`relaxplug.lirpa.Bounded.wide`), and every bound is
+lowered by the deterministic floating-point allowance of the float32 forward pass
+(:mod:`relaxplug.lirpa.tolerance`, intermediate magnitudes) and
+:func:`relaxplug.certifiers.base.rounding_allowance`, then rounded down to the logits' dtype. Both auto_LiRPA 0.3 and 0.7.x work; their API
 differences live in :mod:`relaxplug.lirpa.api`.
 
 Importing this module registers the certifiers when auto_LiRPA is installed and raises
@@ -139,7 +141,7 @@ class LirpaCertifier(Certifier):
     def _compute(self, entry: Bounded, x: Tensor, eps: float, norm: float, specs):
         """For each ``(C, lower, upper)`` of ``specs`` (one spec chunk and the sides it needs),
         yield ``(lower bound or None, upper bound or None)``; one ``compute_bounds`` call each."""
-        bounded = entry.bounded
+        bounded = entry.wide()
         interm = None
         for c, lower, upper in specs:
             inputs = (api.bounded_tensor(x, eps, norm),)
@@ -259,6 +261,8 @@ class LirpaCertifier(Certifier):
                                       "forward pass that is random, in training mode, or reads state outside "
                                       "the model); it cannot be certified")
         self._device_type = x.device.type
+        wide = entry.wide()
+        x_wide = x.detach().to(torch.float64)  # bounds in float64 (an exact widening of the inputs)
         out = []
         for request in requests:
             if request.eps == 0:  # the ranking computed at x itself is the claim: exact, nothing to bound
@@ -266,15 +270,17 @@ class LirpaCertifier(Certifier):
                 out.append(ranked[:, :request.n_candidates, None] - ranked[:, None, :])  # (B, K, n)
                 continue
             if self.spec == "pairwise":
-                lower = self._pairwise(entry, x.detach(), request, norm, logits.dtype)
+                lower = self._pairwise(entry, x_wide, request, norm, x_wide.dtype)
             elif self.spec == "anchor":
-                lower = self._anchor(entry, x.detach(), request, norm, logits.dtype)
+                lower = self._anchor(entry, x_wide, request, norm, x_wide.dtype)
             else:
-                lower = self._logit(entry, x.detach(), request, norm, logits.dtype)
-            errors = error_model(entry.bounded, x.detach(), request.eps, norm)
+                lower = self._logit(entry, x_wide, request, norm, x_wide.dtype)
+            known = _intermediate_bounds(wide)  # this ball's bounds (CROWN's are tighter than IBP's)
+            errors = error_model(wide, x_wide, request.eps, norm, forward_dtype=x.dtype, known=known)
             allowance = errors.margin_allowance(request.order, request.n_candidates).to(lower.dtype)
-            out.append(_check_contains_center(_with_allowance(lower, logits, request) - allowance, logits, request,
-                                              self.name))
+            checked = _check_contains_center(_with_allowance(lower, logits, request) - allowance, logits, request,
+                                             self.name)
+            out.append(_round_down(checked, logits.dtype))
         return out
 
     def options(self) -> tuple[tuple[str, Any], ...]:
@@ -374,6 +380,12 @@ def _check_contains_center(lower: Tensor, logits: Tensor, request: MarginRequest
             "forward?), so it cannot be certified"
         )
     return lower
+
+
+def _round_down(value: Tensor, dtype: torch.dtype) -> Tensor:
+    """``value`` in ``dtype``, never rounded up (a lower bound stays a lower bound)."""
+    narrow = value.to(dtype)
+    return torch.where(narrow.to(value.dtype) > value, torch.nextafter(narrow, narrow.new_full((), -math.inf)), narrow)
 
 
 def _with_allowance(lower: Tensor, logits: Tensor, request: MarginRequest) -> Tensor:

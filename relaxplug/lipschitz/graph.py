@@ -85,7 +85,8 @@ from relaxplug.lipschitz import spectral
 from relaxplug.lipschitz.cache import POWER_VECTOR_PREFIX, ComputationSnapshot
 from relaxplug.lipschitz.head import head_distances, is_plain_linear
 from relaxplug.lipschitz.protocol import LipschitzRule, UnsupportedLayerError, check_no_hooks, lipschitz_rule
-from relaxplug.lipschitz.rounding import DEFAULT_LAYER_ULPS, LIBRARY_ULPS, ForwardError, dot_gamma, unit_roundoff
+from relaxplug.lipschitz.rounding import (BATCHNORM_ROUNDINGS, DEFAULT_LAYER_ULPS, LIBRARY_ULPS, ForwardError, dot_gamma,
+                                          gamma, unit_roundoff)
 from relaxplug.lipschitz.spectral import FLOAT_ALLOWANCE
 from relaxplug.lipschitz.torch_layers import padding_plan
 
@@ -346,6 +347,14 @@ class _Linear:
     pre_gain: float = 1.0  # Lipschitz constant of a copy-padding applied before the conv
     conv1d: bool = False
     module: nn.Module | None = None  # the nn.Linear / nn.Conv2d module (training estimates), None if functional
+    bias: Tensor | None = None  # the bias added to every output (rounding model)
+
+    def bias_norm(self, out_shape: tuple[int, ...]) -> float:
+        """``||b||`` broadcast over one example's output of per-sample shape ``out_shape`` (rounding model)."""
+        if self.bias is None or self.bias.numel() == 0:
+            return 0.0
+        b = self.bias.detach().to(torch.float64)
+        return float(b.norm()) * math.sqrt(math.prod(out_shape) / b.numel()) * _UP
 
     @property
     def fan_in(self) -> int:
@@ -430,14 +439,16 @@ class _Leaf:
         self.__dict__["_bound_value"] = value
         return value
 
-    def rounding(self, u: float, a_in: tuple[float, float], a_out: tuple[float, float], gain: float) -> tuple[float, float]:
-        """Local forward error, affine in ``r``: the layer's ``lipschitz_rounding`` or the default model."""
+    def rounding(self, u: float, a_in: tuple[float, float], gain: float) -> tuple[tuple[float, float], float]:
+        """Local forward error for a computed input of norm at most ``a_in`` (affine in ``r``), as
+        ``(terms, g)`` meaning ``terms + g * A_out``: the layer's ``lipschitz_rounding``, or the default
+        model ``gamma_16 (L A_in + A_out)`` (an assumption, module docstring of ``rounding``)."""
         declared = getattr(self.module, "lipschitz_rounding", None)
         if callable(declared):
             c0, c1 = (float(v) for v in declared(tuple(self.in_shape)))
-            return c0 + c1 * a_in[0], c1 * a_in[1]
-        c = DEFAULT_LAYER_ULPS * u
-        return c * (gain * a_in[0] + a_out[0]), c * (gain * a_in[1] + a_out[1])
+            return (c0 + c1 * a_in[0], c1 * a_in[1]), 0.0
+        g = gamma(DEFAULT_LAYER_ULPS, u)
+        return (g * gain * a_in[0], g * gain * a_in[1]), g
 
 
 @dataclass
@@ -446,6 +457,9 @@ class _Scale:
 
     input: fx.Node
     scale: Tensor
+    offset: float = 0.0  # || |s m| + |b| || of a BatchNorm over one example (rounding model)
+    roundings: float = 2.0  # rounding: local error <= gamma_roundings (max|s| |x| + offset)
+    leaf: "_Leaf | None" = None  # a protocol layer found to be a scaling: its own rounding model
 
 
 @dataclass
@@ -458,7 +472,7 @@ class _Gain:
     gain: float
     chain: str | None = None
     replay: Callable[[Tensor], Tensor] | None = None
-    ulps: float = LIBRARY_ULPS  # rounding: local error <= ulps * u * (gain * A_in + A_out)
+    ulps: float = LIBRARY_ULPS  # rounding: local error <= gamma_ulps (gain * (A_in + 2 E_in) + A_out)
     jump: float = 0.0  # a discontinuity of at most ``jump`` per coordinate (softplus threshold)
 
 
@@ -659,6 +673,46 @@ class _Analysis:
     output_norm_at_zero: float  # ||f(0)||, with ``total``: ||f(x)|| <= ||f(0)|| + total ||x||
     #: ``pair`` converted per (dtype, device), with the version counter it had when stored
     casts: dict[tuple[torch.dtype, torch.device], tuple[Tensor, int]] = field(default_factory=dict)
+    rounding: "_Rounding | None" = None  # the error recurrence, for measured reference points
+
+
+@dataclass
+class _Rounding:
+    """What :func:`_forward_error` needs to rerun the recurrence from measured norms."""
+
+    nodes: list[fx.Node]
+    rec: "_Record"
+    rules: dict
+    bounds: dict
+    memo: dict
+    out: fx.Node
+
+    def at(self, norms: dict[fx.Node, Tensor]) -> tuple[Tensor, float]:
+        return _forward_error(self.nodes, self.rec, self.rules, self.bounds, self.memo, self.out, norms)
+
+
+class _NormRecorder(fx.Interpreter):
+    """Runs the traced graph on a batch and records, per example, an upper bound on the L2 norm of
+    every node the error recurrence reads: the float norm inflated by its own rounding
+    (``gamma_{d+2}`` for ``d`` squares summed, and the square root)."""
+
+    def __init__(self, gm: fx.GraphModule, wanted: set[fx.Node], u: float):
+        super().__init__(gm, garbage_collect_values=True)
+        self.wanted, self.u = wanted, u
+        self.norms: dict[fx.Node, Tensor] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        result = super().run_node(n)
+        if n in self.wanted:
+            parts = result if isinstance(result, (tuple, list)) else [result]
+            squares = 0.0
+            for t in parts:
+                if isinstance(t, Tensor) and t.dim():
+                    flat = t.detach().flatten(1)
+                    norm = flat.norm(dim=1).to(torch.float64) * (1.0 + gamma(flat.shape[1] + 3, self.u))
+                    squares = squares + norm**2
+            self.norms[n] = torch.as_tensor(squares, dtype=torch.float64) ** 0.5
+        return result
 
 
 class LipschitzEstimator:
@@ -755,6 +809,29 @@ class LipschitzEstimator:
     def forward_error(self) -> ForwardError:
         """Bound ``e0 + e1 ||x||`` on the L2 rounding error of the computed logits (sound analysis)."""
         return self._analysis("sound").error
+
+    def measured_forward(self, x: Tensor) -> tuple[Tensor, Tensor, float]:
+        """``(logits, e0, e1)``: the model's logits on the batch ``x``, computed by its traced graph
+        (the same operations), and a bound ``e0 + e1 r`` (``e0``: ``(B,)``) on the L2 rounding error of
+        the computed logits at any point within ``r`` of each example. The magnitudes are the norms
+        this pass measured at ``x`` (plus ``L_v r``), not ``||v(0)|| + L_v ||x||``: much tighter, at the
+        cost of one norm per node and example."""
+        analysis = self._analysis("sound")
+        rounding = analysis.rounding
+        # exact 1-Lipschitz ops fixing 0 (ReLU, MinMax, permutations, max pooling without overlap):
+        # ||v|| <= ||input||, so the input's norm bounds theirs without measuring it
+        same = {n: r.input for n, r in rounding.rules.items()
+                if isinstance(r, _Gain) and r.ulps == 0 and r.gain == 1.0 and r.jump == 0}
+        wanted = (set(rounding.rules) - set(same)) | {n for n in rounding.nodes if n.op == "placeholder" and rounding.rec.dep.get(n)}
+        recorder = _NormRecorder(self.graph_module, wanted, unit_roundoff(rounding.rec.const_dtype, x.device)[0])
+        with torch.no_grad(), _eval_mode(self.model):
+            logits = recorder.run(x)
+        norms = recorder.norms
+        for n in rounding.nodes:  # topological order: an input's norm is known before its users'
+            if n in same:
+                norms[n] = norms[same[n]]
+        e0, e1 = rounding.at(norms)
+        return logits, torch.as_tensor(e0, dtype=torch.float64).expand(len(x)).to(x.device), float(e1)
 
     def output_norm_at_zero(self) -> float:
         """``||f(0)||_2`` of the model's output (rounding model of an enclosing layer)."""
@@ -875,6 +952,7 @@ class LipschitzEstimator:
         recorder.keep_values = True
         x = inputs(batch, 1.0)
         with torch.no_grad():
+            reference = model(x)  # first: the model's own errors surface as they are
             try:
                 traced = recorder.run(x)
                 other = _Recorder(self.graph_module)
@@ -889,7 +967,6 @@ class LipschitzEstimator:
                     f"the traced graph of {type(model).__name__} failed on an input of shape {tuple(x.shape)} "
                     f"({type(exc).__name__}: {exc})"
                 ) from exc
-            reference = model(x)
         if not isinstance(traced, Tensor) or not isinstance(reference, Tensor) or traced.shape != reference.shape:
             raise UnsupportedLayerError(f"{type(model).__name__}: the traced graph does not return the model's logits")
         scale = float(reference.detach().nan_to_num().abs().max()) if reference.numel() else 0.0
@@ -992,10 +1069,15 @@ class LipschitzEstimator:
             pair.fill_diagonal_(0.0)
         else:
             body, pair = total, None
-        error = _forward_error(self._nodes, rec, rules, bounds, memo, out) if mode == "sound" else ForwardError(math.inf, math.inf)
+        if mode == "sound":
+            error = ForwardError(*_forward_error(self._nodes, rec, rules, bounds, memo, out))
+            rounding = _Rounding(self._nodes, rec, rules, bounds, memo, out)
+        else:
+            error, rounding = ForwardError(math.inf, math.inf), None
         names = {n.name: v for n, v in bounds.items()}
         logger.info("%s Lipschitz bound of %s: %.1f s in all", mode, type(self.model).__name__, time.perf_counter() - begin)
-        return _Analysis(float(body), float(total), None if pair is None else pair.cpu(), names, error, rec.norms.get(out, 0.0))
+        return _Analysis(float(body), float(total), None if pair is None else pair.cpu(), names, error,
+                         rec.norms.get(out, 0.0), rounding=rounding)
 
 
 #: the name used before the layer-stack path was merged into this engine
@@ -1040,13 +1122,33 @@ def _estimate(rule: _Rule, values: dict[fx.Node, Any]) -> Any:
     raise AssertionError(rule)
 
 
-def _forward_error(nodes: list[fx.Node], rec: "_Record", rules: dict, bounds: dict, memo: dict, out: fx.Node) -> ForwardError:
-    """The recurrence of :mod:`relaxplug.lipschitz.rounding`: ``E_v = G_v E_in + local_v``, affine in ``||x||``."""
-    u, u_in = unit_roundoff(rec.const_dtype, rec.device)
-    err: dict[fx.Node, tuple[float, float]] = {}
+def _forward_error(nodes: list[fx.Node], rec: "_Record", rules: dict, bounds: dict, memo: dict, out: fx.Node,
+                   norms: dict[fx.Node, Any] | None = None) -> tuple[Any, float]:
+    """The recurrence of :mod:`relaxplug.lipschitz.rounding`: ``E_v = G_v E_in + local_v``, affine in
+    the distance ``r`` from a reference point ``x_0`` at which every node's computed norm
+    ``||v~(x_0)||`` is known (``norms``: floats, or ``(B,)`` tensors for a batch of reference points;
+    default: the recorded run at ``x_0 = 0``, where ``r = ||x||``). Returns ``(e0, e1)``, the error
+    of the computed logits at any point within ``r`` of ``x_0`` being at most ``e0 + e1 r``.
 
-    def mag(n: fx.Node) -> tuple[float, float]:
-        return rec.norms.get(n, 0.0), bounds[n]
+    Magnitudes: ``A_v(r) = ||v~(x_0)|| + E_v(0) + L_v r`` bounds the exact ``||v(x)||``, and
+    ``A_v + E_v`` the computed value. A local error that depends on the node's own magnitude,
+    ``local = T(r) + g A_v(r)``, is solved in closed form at ``r = 0``:
+    ``E_v(0) = (G E_in(0) + T(0) + g ||v~(x_0)||) / (1 - g)``."""
+    u, u_in = unit_roundoff(rec.const_dtype, rec.device)
+    norms = rec.norms if norms is None else norms
+    err: dict[fx.Node, tuple[Any, float]] = {}
+
+    def computed(n: fx.Node) -> tuple[Any, float]:
+        """Bound on the computed value's norm, ``A_n + E_n``, affine in ``r``."""
+        e0, e1 = err[n]
+        return norms.get(n, 0.0) * _UP + 2.0 * e0, bounds[n] + e1
+
+    def solve(n: fx.Node, prop: tuple[Any, float], terms: tuple[Any, float], g: float) -> tuple[Any, float]:
+        """``E = prop + terms + g A_n`` with ``A_n = ||n~(x_0)|| + E(0) + L_n r``."""
+        if g >= 0.5:
+            raise UnsupportedLayerError(f"no useful rounding-error bound for node {n.name!r}")
+        c = norms.get(n, 0.0) * _UP
+        return (prop[0] + terms[0] + g * c) / (1.0 - g), prop[1] + terms[1] + g * bounds[n]
 
     for n in nodes:
         if n.op == "placeholder" and rec.dep.get(n, False):
@@ -1055,34 +1157,38 @@ def _forward_error(nodes: list[fx.Node], rec: "_Record", rules: dict, bounds: di
         rule = rules.get(n)
         if rule is None:
             continue
-        a_out = mag(n)
         if isinstance(rule, (_Linear, _Leaf, _Scale, _Gain)):
-            e_in, a_in = err[rule.input], mag(rule.input)
+            e_in, a_in = err[rule.input], computed(rule.input)
             if isinstance(rule, _Linear):
+                # || |W| |x~| + |b| || <= || |W| || (A_in + E_in) + ||b||
                 gain = _linear_norm(rule, memo)
-                gamma = dot_gamma(rule.fan_in, u, u_in)
-                k_abs = _linear_abs_norm(rule, memo)
-                local = (gamma * ((k_abs + gain) * a_in[0] + a_out[0]), gamma * ((k_abs + gain) * a_in[1] + a_out[1]))
-            elif isinstance(rule, _Leaf):
-                gain = rule.bound()
-                local = rule.rounding(u, a_in, a_out, gain)
+                dot = dot_gamma(rule.fan_in, u, u_in)
+                k = _linear_abs_norm(rule, memo) * dot
+                terms, g = (k * a_in[0] + dot * rule.bias_norm(rec.shape[n][1:]), k * a_in[1]), 0.0
+            elif isinstance(rule, _Leaf) or (isinstance(rule, _Scale) and rule.leaf is not None):
+                leaf = rule if isinstance(rule, _Leaf) else rule.leaf
+                gain = leaf.bound()
+                terms, g = leaf.rounding(u, a_in, gain)
+            elif isinstance(rule, _Scale):
+                gain = (float(rule.scale.max()) if rule.scale.numel() else 0.0) * _UP
+                g = gamma(rule.roundings, u)
+                terms, g = (g * (gain * a_in[0] + rule.offset), g * gain * a_in[1]), 0.0
             else:
-                if isinstance(rule, _Scale):
-                    gain, ulps, jump = (float(rule.scale.max()) if rule.scale.numel() else 0.0) * _UP, 3.0, 0.0
-                else:
-                    gain, ulps, jump = rule.gain, rule.ulps, rule.jump
-                per = ulps * u
+                # |f(x~)| <= |f(x)| + G E_in: local <= gamma_ulps (G (A_in + 2 E_in) + A_out), plus a jump
+                gain = rule.gain
+                g = gamma(rule.ulps, u) if rule.ulps else 0.0
                 numel = math.prod(rec.shape[n][1:]) if isinstance(rec.shape.get(n), tuple) else 0
-                local = (per * (gain * a_in[0] + a_out[0]) + jump * math.sqrt(numel), per * (gain * a_in[1] + a_out[1]))
-            err[n] = (gain * e_in[0] + local[0], gain * e_in[1] + local[1])
+                terms = (g * gain * (a_in[0] + e_in[0]) + rule.jump * math.sqrt(numel), g * gain * (a_in[1] + e_in[1]))
+            err[n] = solve(n, (gain * e_in[0], gain * e_in[1]), terms, g)
         elif isinstance(rule, _Sum):
-            e0 = sum(c * err[t][0] for t, c in rule.terms) + 2 * u * (sum(c * mag(t)[0] for t, c in rule.terms) + a_out[0])
-            e1 = sum(c * err[t][1] for t, c in rule.terms) + 2 * u * (sum(c * mag(t)[1] for t, c in rule.terms) + a_out[1])
-            err[n] = (e0, e1)
+            # fl(a + fl(c b)): two roundings, relative to |a~| + |c b~|
+            g = gamma(2, u)
+            parts = [(c, err[t], computed(t)) for t, c in rule.terms]
+            err[n] = (sum(c * (e[0] + g * a[0]) for c, e, a in parts), sum(c * (e[1] + g * a[1]) for c, e, a in parts))
         elif isinstance(rule, _Cat):
-            err[n] = (math.sqrt(sum(err[t][0] ** 2 for t in rule.inputs)), math.sqrt(sum(err[t][1] ** 2 for t in rule.inputs)))
+            err[n] = (sum(err[t][0] ** 2 for t in rule.inputs) ** 0.5, math.sqrt(sum(err[t][1] ** 2 for t in rule.inputs)))
     e0, e1 = err[out]
-    return ForwardError(e0 * _UP, e1 * _UP)
+    return e0 * _UP, e1 * _UP
 
 
 def _linear_norm(rule: _Linear, memo: dict) -> float:
@@ -1266,11 +1372,11 @@ class _RuleBuilder:
         when it is not a torch.nn class, refused otherwise); protocol layers by their rule."""
         cls = type(m)
         if is_plain_linear(m):
-            return self.linear(self.single_input(), m.weight, m)
+            return self.linear(self.single_input(), m.weight, m, m.bias)
         if cls in (nn.Conv1d, nn.Conv2d):
             source = self.single_input()
             return self.conv(source, m.weight, m.stride, m.padding, m.dilation, m.groups, m.padding_mode,
-                             getattr(m, "_reversed_padding_repeated_twice", None), cls is nn.Conv1d, m)
+                             getattr(m, "_reversed_padding_repeated_twice", None), cls is nn.Conv1d, m, m.bias)
         rule = lipschitz_rule(m)
         if rule is not None:
             source = self.single_input()
@@ -1283,13 +1389,13 @@ class _RuleBuilder:
             if scale is not None and float(scale.max()) <= leaf.bound() * (1 + 1e-6):
                 # a per-coordinate affine map s * x + t (checked on probes) within its declared bound:
                 # bounded by its declared constant, and foldable into the next linear layer
-                return _Scale(source, scale)
+                return _Scale(source, scale, leaf=leaf)
             return leaf
         if cls in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
             source = self.single_input()
             if m.training or not m.track_running_stats or m.running_var is None:
                 raise self.unsupported("BatchNorm without running statistics (or in training mode) uses batch statistics")
-            return self.batch_norm(source, m.running_var, m.weight, m.eps)
+            return self.batch_norm(source, m.running_var, m.weight, m.eps, m.running_mean, m.bias)
         if cls in (nn.PixelShuffle, nn.PixelUnshuffle, nn.Flatten, nn.Unflatten):
             return self.gain(1.0, "permute")
         if cls in (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout):
@@ -1399,19 +1505,19 @@ class _RuleBuilder:
         if target is F.linear:
             source = self.single_input()
             bound = _bind(target, self.args, self.kwargs, ("input", "weight", "bias"))
-            return self.linear(source, bound["weight"])
+            return self.linear(source, bound["weight"], bias=bound.get("bias"))
         if target in (F.conv1d, F.conv2d):
             source = self.single_input()
             b = _bind(target, self.args, self.kwargs, ("input", "weight", "bias", "stride", "padding", "dilation", "groups"),
                       {"stride": 1, "padding": 0, "dilation": 1, "groups": 1})
             return self.conv(source, b["weight"], b["stride"], b["padding"], b["dilation"], b["groups"], "zeros", None,
-                             target is F.conv1d)
+                             target is F.conv1d, bias=b.get("bias"))
         if target is F.batch_norm:
             source = self.single_input()
             b = _bind(target, self.args, self.kwargs, ())
             if b["training"] or b["running_var"] is None:
                 raise self.unsupported("batch_norm with training=True uses batch statistics")
-            return self.batch_norm(source, b["running_var"], b["weight"], b["eps"])
+            return self.batch_norm(source, b["running_var"], b["weight"], b["eps"], b["running_mean"], b["bias"])
         if target in _POOL_FUNCTIONS:
             return self.pool()
         if target in (F.max_pool1d, F.max_pool2d):
@@ -1465,15 +1571,16 @@ class _RuleBuilder:
 
     # op families
 
-    def linear(self, source: fx.Node, weight: Any, module: nn.Module | None = None) -> _Linear:
-        if not isinstance(weight, Tensor):
-            raise self.unsupported("the weight depends on the input")
-        return _Linear(source, "linear", weight, self.per_sample(source), module=module)
+    def linear(self, source: fx.Node, weight: Any, module: nn.Module | None = None, bias: Any = None) -> _Linear:
+        if not isinstance(weight, Tensor) or (bias is not None and not isinstance(bias, Tensor)):
+            raise self.unsupported("the weight or bias depends on the input")
+        return _Linear(source, "linear", weight, self.per_sample(source), module=module, bias=bias)
 
     def conv(self, source: fx.Node, weight: Any, stride: Any, padding: Any, dilation: Any, groups: int,
-             padding_mode: str, reversed_padding: Any, conv1d: bool, module: nn.Module | None = None) -> _Linear:
-        if not isinstance(weight, Tensor):
-            raise self.unsupported("the weight depends on the input")
+             padding_mode: str, reversed_padding: Any, conv1d: bool, module: nn.Module | None = None,
+             bias: Any = None) -> _Linear:
+        if not isinstance(weight, Tensor) or (bias is not None and not isinstance(bias, Tensor)):
+            raise self.unsupported("the weight or bias depends on the input")
         shape = self.per_sample(source)
         dims = 1 if conv1d else 2
         if len(shape) != dims + 1:
@@ -1491,17 +1598,27 @@ class _RuleBuilder:
             padding = padding if isinstance(padding, str) else (0, _tuple(padding, 1)[0])
             hw = (1, hw[0])
         conv = {"stride": stride, "padding": padding, "dilation": dilation, "groups": int(groups)}
-        return _Linear(source, "conv", weight, shape, conv, hw, pre_gain, conv1d, module if not conv1d else None)
+        return _Linear(source, "conv", weight, shape, conv, hw, pre_gain, conv1d, module if not conv1d else None, bias)
 
-    def batch_norm(self, source: fx.Node, running_var: Any, weight: Any, eps: float) -> _Scale:
-        if not isinstance(running_var, Tensor) or (weight is not None and not isinstance(weight, Tensor)):
+    def batch_norm(self, source: fx.Node, running_var: Any, weight: Any, eps: float, running_mean: Any = None,
+                   bias: Any = None) -> _Scale:
+        if any(t is not None and not isinstance(t, Tensor) for t in (running_var, weight, running_mean, bias)) \
+                or not isinstance(running_var, Tensor):
             raise self.unsupported("BatchNorm statistics depend on the input")
         var = running_var.detach().to(torch.float64)
         scale = 1.0 / torch.sqrt(var + float(eps))
         if weight is not None:
             scale = scale * weight.detach().to(torch.float64)
-        ndim = len(self.per_sample(source))
-        return _Scale(source, scale.abs().reshape(-1, *([1] * (ndim - 1))))
+        shape = self.per_sample(source)
+        # rounding: the statistics are rounded at their own size, |s m| + |b| per channel, broadcast
+        offset = torch.zeros_like(scale)
+        if running_mean is not None:
+            offset = offset + (scale * running_mean.detach().to(torch.float64)).abs()
+        if bias is not None:
+            offset = offset + bias.detach().to(torch.float64).abs()
+        spatial = math.prod(shape[1:]) if len(shape) > 1 else 1
+        offset_norm = float(offset.norm()) * math.sqrt(spatial) * _UP
+        return _Scale(source, scale.abs().reshape(-1, *([1] * (len(shape) - 1))), offset_norm, BATCHNORM_ROUNDINGS)
 
     def pool(self) -> _Gain:
         source = self.single_input()

@@ -166,13 +166,28 @@ def compute_bounds(bounded, x=None, C: Tensor | None = None, method: str = "CROW
         return bounded.compute_bounds(**kwargs)
 
 
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype | None):
+    """Tensors auto_LiRPA creates without a dtype (0.3's alpha-CROWN bookkeeping) get ``dtype``, the
+    bound computation's (float64 for certification); the previous default is restored."""
+    previous = torch.get_default_dtype()
+    if dtype not in (torch.float32, torch.float64) or dtype == previous:
+        yield
+        return
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
 def optimized_bound(bounded, x, C: Tensor, lower: bool, iterations: int, lr: float) -> Tensor:
     """alpha-CROWN (``CROWN-Optimized``): the optimised lower (or upper) bound of ``C f``; auto_LiRPA
     optimises one side per call."""
     bounded.set_bound_opts({"optimize_bound_args": {"iteration": int(iterations), "lr_alpha": float(lr)}})
     # auto_LiRPA prints a line whenever its early stopping triggers
     with contextlib.redirect_stdout(io.StringIO()) as printed, torch.enable_grad(), \
-            _explained(bounded, "alpha-CROWN"):
+            _explained(bounded, "alpha-CROWN"), _default_dtype(C.dtype):
         lb, ub = bounded.compute_bounds(x=x, C=C, method="CROWN-Optimized", bound_lower=lower, bound_upper=not lower)
     if printed.getvalue():
         logger.debug("auto_LiRPA: %s", printed.getvalue().strip())

@@ -19,11 +19,12 @@ on the other points).
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import warnings
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -111,17 +112,63 @@ class Bounded:
     width: int
     head_width: int
     l2_safe: bool
+    example: Tensor | None = None  # one input row (the conversion's example)
+    bound_opts: dict[str, Any] = field(default_factory=dict)
+    _wide: Any = None
 
     def matches(self, model: nn.Module) -> bool:
         return self.fingerprint.matches(model)
 
+    def wide(self) -> Any:
+        """The ``BoundedModule`` of a float64 copy of the converted form (built once), in which
+        certifiers compute bounds: its rounding is ``~1e-16`` relative, so the bounds are those of
+        the exact network up to a covered allowance (:mod:`relaxplug.lirpa.tolerance`). A float64
+        model is its own wide form. ``LirpaError`` when the copy computes something else than the
+        float form (a dtype fixed inside ``forward``)."""
+        if self._wide is not None:
+            return self._wide
+        if self.example is None or self.example.dtype == torch.float64:
+            self._wide = self.bounded
+            return self._wide
+        form = copy.deepcopy(self.lowered).double().eval()
+        example = self.example.double()
+        try:
+            bounded = _convert_checked(form, example, self.bound_opts)
+            probe = _probe(self.example)
+            with torch.no_grad():
+                narrow, wide = self.lowered(probe), bounded(probe.double())
+        except LirpaError:
+            raise
+        except Exception as error:  # a float64 copy auto_LiRPA cannot run: the bounds would not be float64
+            raise LirpaError(f"the float64 copy of the model, in which bounds are computed, fails "
+                             f"({type(error).__name__}: {error}); a dtype fixed inside forward?") from error
+        slack = error_model(bounded, probe.double(), 0.0, forward_dtype=self.example.dtype).logit_error
+        if not isinstance(wide, Tensor) or wide.shape != narrow.shape or \
+                not bool(((wide - narrow.double()).abs() <= slack + forward_tolerance(narrow)).all()):
+            raise LirpaError("the float64 copy of the model, in which bounds are computed, does not reproduce the "
+                             "model beyond float32 rounding (a dtype or a rounding fixed inside forward?)")
+        self._wide = bounded
+        return self._wide
+
     def agrees(self, x: Tensor, logits: Tensor) -> bool:
         """Whether the ``BoundedModule`` itself (the graph that is bounded, with every Python value
-        read while tracing fixed in it) reproduces ``logits`` (the model's output) on ``x``."""
+        read while tracing fixed in it) and its float64 copy (:meth:`wide`, where bounds are
+        computed) reproduce ``logits`` (the model's output) on ``x``; the copy within the float32
+        forward pass's rounding bound."""
         with torch.no_grad():
             out = self.bounded(x)
+        if not (isinstance(out, Tensor) and out.shape == logits.shape and
+                bool(torch.allclose(out, logits.detach().to(out.dtype), rtol=0.0, atol=forward_tolerance(logits)))):
+            return False
+        wide = self.wide()
+        if wide is self.bounded:
+            return True
+        x_wide = x.detach().double()
+        with torch.no_grad():
+            out = wide(x_wide)
+        slack = error_model(wide, x_wide, 0.0, forward_dtype=x.dtype).logit_error
         return isinstance(out, Tensor) and out.shape == logits.shape and \
-            bool(torch.allclose(out, logits.detach().to(out.dtype), rtol=0.0, atol=forward_tolerance(logits)))
+            bool(((out - logits.detach().double()).abs() <= slack + forward_tolerance(logits)).all())
 
 
 def _check_inputs(model: nn.Module, x: Tensor) -> None:
@@ -237,7 +284,8 @@ def build(model: nn.Module, x: Tensor, conv_mode: str = "patches", l2: bool = Fa
             bounded = _convert_checked(form, example, bound_opts)
         if not l2_input_is_safe(bounded):  # pragma: no cover - the prefix is a linear layer
             raise LirpaError("cannot make the L2 input perturbation sound for auto_LiRPA")
-    return Bounded(bounded, form, fingerprint, lowered.width, lowered.head_width, l2_input_is_safe(bounded))
+    return Bounded(bounded, form, fingerprint, lowered.width, lowered.head_width, l2_input_is_safe(bounded),
+                   example, bound_opts)
 
 
 #: model -> {(input shape, device, dtype, conv mode, L2 form, options): Bounded}; entries die with

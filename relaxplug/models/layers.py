@@ -197,8 +197,10 @@ class Residual(nn.Module):
         u, _ = unit_roundoff(ref.dtype if ref is not None else torch.float32, ref.device if ref is not None else "cpu")
         inner = estimator.forward_error()
         out0 = estimator.output_norm_at_zero()
-        # block error, then the addition: u (||x|| + ||block(x)||) with ||block(x)|| <= out0 + lip ||x||
-        return inner.e0 + 2 * u * out0, inner.e1 + 2 * u * (1 + lip)
+        # block error E, then the addition fl(x + y~): u (||x|| + ||y~||) with the computed block output
+        # ||y~|| <= ||y~(0)|| + E(0) (exact at 0) + lip ||x|| + E(||x||)
+        e0, e1 = inner.e0, inner.e1
+        return e0 + u * (out0 + 2 * e0), e1 + u * (1 + lip + e1)
 
 
 def _same_shape_conv(conv: nn.Conv2d) -> bool:

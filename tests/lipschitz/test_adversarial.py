@@ -16,6 +16,8 @@ from torch import nn
 from torch.nn.modules import module as torch_module
 
 import relaxplug as rp
+from relaxplug.certifiers import gloro as gloro_module
+from relaxplug.certifiers.gloro import GloRoCertifier
 from relaxplug.lipschitz import LipschitzEstimator, UnsupportedLayerError, estimator_for
 from relaxplug.models.layers import MinMax, Normalize
 
@@ -380,7 +382,63 @@ def test_rounding_model_covers_intermediate_magnitudes(name, build, shape):
         observed = (model(x).double() - model.double()(x.double())).norm(dim=1)
     model.float()
     assert torch.all(observed <= error(x))  # the model's float32 error, measured against float64
+    _, e0, _ = estimator_for(model, shape).measured_forward(x)  # magnitudes measured at x
+    assert torch.all(observed <= e0)
     assert _break_certificates(model, x[:64], 1e-3, steps=20, samples=256) == 0
+
+
+def _no_float_allowance(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Turn the floating-point allowance off: no forward-error term, no logit-scaled term."""
+    monkeypatch.setattr(GloRoCertifier, "forward_error",
+                        lambda self, model, x, eps: torch.zeros(len(x), 1, 1, dtype=torch.float64))
+    monkeypatch.setattr(gloro_module, "rounding_allowance", lambda logits, extra=0.0: torch.zeros(()))
+
+
+def _computed_boundary_points(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Points just on one side of the *computed* (float32) decision boundary: bisection between
+    pairs of inputs with different predictions, 60 halvings, so that the point across lies within
+    ``~1e-15 ||x_a - x_b||``. There the computed margin is below the size of one rounding step."""
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+        a, b = x[: len(x) // 2], x[len(x) // 2:]
+        keep = pred[: len(x) // 2] != pred[len(x) // 2:]
+        lo, hi, target = a[keep], b[keep], pred[: len(x) // 2][keep]
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            same = (model(mid).argmax(1) == target).view(-1, *[1] * (x.dim() - 1))
+            lo, hi = torch.where(same, mid, lo), torch.where(same, hi, mid)
+    return lo
+
+
+@pytest.mark.parametrize("name, build, shape", FLOAT_NETS, ids=[row[0] for row in FLOAT_NETS])
+def test_the_float_attack_breaks_certificates_without_the_allowance(name, build, shape, monkeypatch):
+    """Negative control of the test above: with the allowance off, the same attack breaks
+    certificates (so a model that under-covers rounding fails it); with it on, none.
+
+    The points sit on the computed decision boundary (:func:`_computed_boundary_points`), where
+    the computed margin ``g`` is below one rounding step of the large intermediates; the radius
+    is ``median(g) / (4 K)``, so without the allowance most of them are certified while a point
+    across the boundary, at distance ``~1e-15``, lies in the ball."""
+    model = build()
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(2048, *shape, generator=gen) + (100.0 if name == "normalize_small_std" else 0.0)
+    with torch.no_grad():  # centre the logits so that the predictions vary over x (magnitudes unchanged)
+        model[-1].bias.sub_(model(x).mean(0))
+    points = _computed_boundary_points(model, x)[:128]
+    assert len(points) >= 32
+    with torch.no_grad():
+        top = model(points).topk(2, dim=1).values
+    gaps = top[:, 0] - top[:, 1]
+    k_max = float(estimator_for(model, shape).pair_lipschitz().max())
+    eps = float(gaps.median()) / (4 * k_max)
+    assert eps > 0
+    with monkeypatch.context() as patch:
+        _no_float_allowance(patch)
+        certified_without = int(rp.certify(model, points, eps=eps, certifier="gloro", radius=False).certified.sum())
+        broken_without = _break_certificates(model, points, eps, steps=5, samples=64)
+    assert certified_without >= len(points) // 2
+    assert broken_without >= certified_without // 4  # the attack finds rounding-driven violations
+    assert _break_certificates(model, points, eps, steps=5, samples=64) == 0
 
 
 # ----------------------------------------------------------------------------- class 6: state loaded later

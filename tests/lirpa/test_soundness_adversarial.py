@@ -149,9 +149,15 @@ def test_a_changed_model_is_never_bounded_with_its_old_conversion(change, method
     assert_never_broken(model, x, eps, math.inf, method)
 
 
-# crown on a layer inlined as a constant (global_layer) is refused by auto_LiRPA 0.3 (a LirpaError)
-GLOBAL_RUNS = [(method, *row) for row in GLOBAL_CASES for method in ("crown", "ibp")
-               if (row[0], method) != ("global_layer", "crown")]
+# a float32 layer outside the model (global_layer) cannot be in the float64 copy bounds are computed in
+GLOBAL_RUNS = [(method, *row) for row in GLOBAL_CASES for method in ("crown", "ibp") if row[0] != "global_layer"]
+
+
+@pytest.mark.parametrize("method", ["crown", "ibp"])
+def test_a_layer_outside_the_model_is_refused_with_the_cause(method):
+    build = {name: build for name, build, _ in GLOBAL_CASES}["global_layer"]
+    with pytest.raises(glue.LirpaError, match="cannot convert the model .*same dtype"):
+        rp.certify(build(), torch.randn(4, 6), 0.01, "inf", method, radius=False)
 
 
 @pytest.mark.parametrize("method, name, build, change", GLOBAL_RUNS, ids=[f"{row[0]}-{row[1]}" for row in GLOBAL_RUNS])
@@ -199,8 +205,9 @@ def test_the_error_model_covers_float32_rounding_of_large_intermediates(magnitud
     net = _cancelling_net(magnitude, seed=int(math.log10(magnitude)))
     x = torch.randn(64, 4)
     eps = 1e-3
-    bounded = glue.bounded_module(net, x).bounded
-    errors = glue.error_model(bounded, x, eps)
+    wide = glue.bounded_module(net, x).wide()  # the certifier's float64 form
+    errors = glue.error_model(wide, x.double(), eps, forward_dtype=x.dtype)
+    assert errors.factor == 1.0  # bounds in float64: only the float32 forward pass is allowed for
     wide = copy.deepcopy(net).double()
     worst = torch.zeros(())
     for trial in range(5):
@@ -240,6 +247,66 @@ def test_no_certificate_is_broken_by_rounding_of_large_intermediates(method, mag
         assert ((corner - xs[keep]).abs().amax(1) <= eps).all()
         assert (_margin(net, corner, label[keep]) > 0).all()
     assert (worst_margin(net, xs, label, eps, math.inf) > 0).all()
+
+
+def _boundary_pairs(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+    """``(lo, hi)``: points on both sides of the *computed* (float32) decision boundary, found by 60
+    bisection halvings between inputs with different predictions (``lo`` keeps the first one's)."""
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+        half = len(x) // 2
+        keep = pred[:half] != pred[half:]
+        lo, hi, target = x[:half][keep], x[half:][keep], pred[:half][keep]
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            same = (model(mid).argmax(1) == target)[:, None]
+            lo, hi = torch.where(same, mid, lo), torch.where(same, hi, mid)
+    return lo, hi
+
+
+def _no_float_allowance(patch: pytest.MonkeyPatch) -> None:
+    """Turn the floating-point allowance off: no forward-error term, no logit-scaled term."""
+    from relaxplug.certifiers import lirpa as lirpa_certifiers
+    from relaxplug.lirpa.tolerance import ErrorModel
+
+    patch.setattr(ErrorModel, "margin_allowance", lambda self, order, k: torch.zeros(()))
+    patch.setattr(lirpa_certifiers, "rounding_allowance", lambda logits, extra=0.0: torch.zeros(()))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_the_float_attack_breaks_certificates_without_the_allowance(method, monkeypatch):
+    """Negative control of the test above: with the allowance off, the attack breaks certificates
+    (so an error model that under-covers rounding fails it); with it on, none. Points sit on the
+    computed decision boundary (:func:`_boundary_pairs`), the radius is a quarter of the median
+    computed margin over the largest L1 norm of a margin gradient, and the attack is the point
+    across the boundary (at distance ``~1e-15``) plus PGD, each checked by a forward pass."""
+    net = _cancelling_net(1e4, seed=5)
+    x = torch.randn(1024, 4, generator=torch.Generator().manual_seed(8))
+    lo, hi = _boundary_pairs(net, x)
+    lo, hi = lo[:96], hi[:96]
+    point = lo.clone().requires_grad_(True)
+    logits = net(point)
+    top = logits.topk(2, dim=1)
+    (grad,) = torch.autograd.grad((top.values[:, 0] - top.values[:, 1]).sum(), point)
+    eps = float((top.values[:, 0] - top.values[:, 1]).detach().median()) / (4 * float(grad.abs().sum(1).max()) + 1e-30)
+    assert eps > float((hi - lo).abs().amax()) > 0  # the point across lies in every ball
+
+    def broken(cert) -> int:
+        idx = cert.certified.nonzero().flatten()
+        if len(idx) == 0:
+            return 0
+        label = cert.pred[idx]
+        with torch.no_grad():
+            across = _margin(net, hi[idx], label) <= 0
+        return int((across | (worst_margin(net, lo[idx], label, eps, math.inf, steps=20, restarts=1) <= 0)).sum())
+
+    with monkeypatch.context() as patch:
+        _no_float_allowance(patch)
+        without = rp.certify(net, lo, eps, "inf", method, "standard", radius=False)
+        broken_without = broken(without)
+    assert int(without.certified.sum()) >= 8
+    assert broken_without >= int(without.certified.sum()) // 4
+    assert broken(rp.certify(net, lo, eps, "inf", method, "standard", radius=False)) == 0
 
 
 # ----------------------------------------------------------------------------- class 5: control flow
