@@ -16,7 +16,7 @@ checkpoint carries them: the script saves one with ``trainer.save_checkpoint``, 
 same training estimate of the Lipschitz bound::
 
     pip install 'relaxplug[lightning]'              # or: make install
-    python examples/lightning_training.py           # about a minute on 2 CPU cores
+    python examples/lightning_training.py           # minutes on 2 CPU cores
     python examples/lightning_training.py --fast    # seconds (tests)
 """
 
