@@ -25,7 +25,8 @@ $(PY):
 
 $(STAMP): $(PY) pyproject.toml
 	$(PIP) install --quiet $(TORCH_SPEC)
-	$(PIP) install --quiet -e '.[test,lirpa]'
+	# the lightning extra: examples/lightning_training.py, which the tests run
+	$(PIP) install --quiet -e '.[test,lirpa,lightning]'
 	# auto_LiRPA 0.3's metadata pins torch<1.13: install it without its pins (relaxplug/_compat.py)
 	$(PIP) install --quiet --no-deps auto-lirpa==0.3
 	# robustbench 1.1.1 imports autoattack (shipped as pyautoattack: relaxplug/_compat.py maps it),

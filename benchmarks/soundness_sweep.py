@@ -22,7 +22,8 @@ import torch
 
 from relaxplug.certifiers import list_certifiers
 from relaxplug.evaluation.report import format_table, write_json
-from relaxplug.attacks.soundness import ADVERSARIAL, LIPSCHITZ_NETS, SWEEP_COLUMNS, SweepSettings, soundness_sweep
+from relaxplug.attacks.soundness import (ADVERSARIAL, LIPSCHITZ_NETS, SWEEP_COLUMNS, WRAPPER_TRAINED, SweepSettings,
+                                        soundness_sweep)
 
 
 def _load_optional_certifiers() -> None:
@@ -44,10 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-going", action="store_true", help="record a certifier's error and go on")
     parser.add_argument("--all-rows", action="store_true", help="print every combination, not only the totals")
     parser.add_argument("--json", default=None, help="write every row to this JSON file")
-    parser.add_argument("--nets", choices=("default", "adversarial", "lipschitz"), default="default",
+    parser.add_argument("--nets", choices=("default", "adversarial", "lipschitz", "wrapper"), default="default",
                         help="'adversarial': only the models built to break a certifier (subclassed layers, huge "
                              "intermediate values, padding modes, state changed after a first call); 'lipschitz': "
-                             "only the small LiResNet and BRO nets")
+                             "only the small LiResNet and BRO nets; 'wrapper': only the user models GloRo-trained "
+                             "through rp.GloRoNet")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -56,9 +58,13 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = SweepSettings.fast() if args.fast else SweepSettings.full()
     if args.nets == "adversarial":
-        settings = dataclasses.replace(settings, random_nets=tuple(ADVERSARIAL), trained_nets=tuple(ADVERSARIAL))
+        settings = dataclasses.replace(settings, random_nets=tuple(ADVERSARIAL), trained_nets=tuple(ADVERSARIAL),
+                                       wrapper_nets=())
     elif args.nets == "lipschitz":
-        settings = dataclasses.replace(settings, random_nets=tuple(LIPSCHITZ_NETS), trained_nets=tuple(LIPSCHITZ_NETS))
+        settings = dataclasses.replace(settings, random_nets=tuple(LIPSCHITZ_NETS), trained_nets=tuple(LIPSCHITZ_NETS),
+                                       wrapper_nets=())
+    elif args.nets == "wrapper":
+        settings = dataclasses.replace(settings, random_nets=(), trained_nets=(), wrapper_nets=tuple(WRAPPER_TRAINED))
     result = soundness_sweep(certifiers=names, seed=args.seed, settings=settings, keep_going=args.keep_going,
                              log=lambda line: print(line, file=sys.stderr, flush=True))
     if args.all_rows:

@@ -5,8 +5,9 @@ initialisation and briefly trained on random-cluster data) are certified at a ra
 good share of points certify, and every certified point is attacked with its certified set
 is attacked on every claim its certificate makes (:meth:`Guarantee.claims`, attacked by
 :func:`relaxplug.attacks.claims.attack_claims`; an IGRP certificate makes two claims, one per
-radius). A sound certifier is never broken. Combinations a certifier does not support (its
-``norms``) are skipped and counted.
+radius). A sound certifier is never broken. User-defined models GloRo-trained through
+:class:`relaxplug.GloRoNet` (:data:`WRAPPER_TRAINED`) are swept the same way. Combinations a
+certifier does not support (its ``norms``) are skipped and counted.
 
 ``benchmarks/soundness_sweep.py`` runs it from the command line; ``tests/test_soundness.py``
 runs the fast mode.
@@ -32,6 +33,7 @@ from relaxplug.certifiers.certify import certify
 from relaxplug.models.layers import InvertibleDownsample, MinMax
 from relaxplug.models.liresnet import build_bronet, build_liresnet
 from relaxplug.norms import Norm
+from relaxplug.training.wrapper import GloRoNet
 
 __all__ = [
     "SweepNet",
@@ -45,6 +47,9 @@ __all__ = [
     "calibrate_eps",
     "soundness_sweep",
     "train_briefly",
+    "train_with_wrapper",
+    "wrapper_trained_nets",
+    "WRAPPER_TRAINED",
     "SWEEP_COLUMNS",
     "ADVERSARIAL",
     "ARCHITECTURES",
@@ -68,6 +73,8 @@ class SweepSettings:
     restarts: int
     random_nets: tuple[str, ...]
     trained_nets: tuple[str, ...]
+    #: nets of :data:`WRAPPER_TRAINED`, trained ``train_steps`` steps through ``rp.GloRoNet``
+    wrapper_nets: tuple[str, ...] = ()
     #: per-certifier constructor options (both modes shorten alpha-CROWN's optimisation, 3 and 5
     #: steps: every iterate is a sound bound, so fewer steps test the same code at a fraction of
     #: the cost; 20 steps on the conv nets would take hours in the full mode)
@@ -77,13 +84,14 @@ class SweepSettings:
     def fast(cls) -> "SweepSettings":
         return cls(points=32, train_steps=200, eps_scales=(1.0, 2.0), steps=30, restarts=1,
                    random_nets=("dense-minmax",), trained_nets=("dense-relu", "conv-minmax"),
+                   wrapper_nets=("user-rtk2",),
                    certifier_options=(("alpha-crown", (("iterations", 3),)),))
 
     @classmethod
     def full(cls) -> "SweepSettings":
         archs = (*ARCHITECTURES, *ADVERSARIAL, *LIPSCHITZ_NETS)
         return cls(points=200, train_steps=400, eps_scales=(0.5, 1.0, 2.0), steps=100, restarts=3,
-                   random_nets=archs, trained_nets=archs,
+                   random_nets=archs, trained_nets=archs, wrapper_nets=tuple(WRAPPER_TRAINED),
                    certifier_options=(("alpha-crown", (("iterations", 5),)),))
 
 
@@ -247,6 +255,67 @@ def sweep_nets(settings: SweepSettings, seed: int = 0) -> list[SweepNet]:
                     train_briefly(model, train_x, train_y, settings.train_steps)
             x, y, _ = cluster_data(shape, n_classes, settings.points, generator, centres)
             nets.append(SweepNet(f"{name}-{'trained' if trained else 'random'}", model.eval(), x, y, n_classes))
+    return nets + wrapper_trained_nets(settings, seed)
+
+
+# ----------------------------------------------------------------------------- nets trained through rp.GloRoNet
+
+
+class _UserNet(nn.Module):
+    """A user's own model (not ``nn.Sequential``; its layers wired in ``forward``):
+    ``head(minmax(lin(minmax(stem(flatten(x))))))``."""
+
+    def __init__(self, input_shape: tuple[int, ...], n_classes: int, width: int = 32):
+        super().__init__()
+        self.stem = nn.Linear(math.prod(input_shape), width)
+        self.lin = nn.Linear(width, width)
+        self.act = MinMax()
+        self.head = nn.Linear(width, n_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.act(self.lin(self.act(self.stem(x.flatten(1))))))
+
+
+#: name -> (constructor, input shape, number of classes, training guarantee, training loss): user
+#: models trained with GloRo through ``rp.GloRoNet`` (their power-iteration buffers included), then
+#: swept like the others (every certifier and guarantee, not only the one they were trained for)
+WRAPPER_TRAINED: dict[str, tuple[Callable[[tuple[int, ...], int], nn.Module], tuple[int, ...], int, str, str]] = {
+    "user-rtk2": (_UserNet, (10,), 5, "rtk:2", "trades"),
+    "conv-standard": (_conv, (2, 8, 8), 4, "standard", "ce"),
+    "user-igrp": (_UserNet, (10,), 6, "igrp:0.25,0.5", "trades"),
+}
+
+
+def train_with_wrapper(model: nn.Module, x: Tensor, y: Tensor, steps: int, guarantee: str, loss: str,
+                       eps: float = 0.5, lr: float = 1e-2, sets: Sequence[Sequence[int]] | None = None) -> None:
+    """Full-batch Adam steps of ``rp.GloRoNet(model, eps, guarantee, loss=loss, sets=sets).loss(x, y)``,
+    the radius ramped linearly to ``eps`` over the first half of the steps."""
+    net = GloRoNet(model, eps, guarantee, input_shape=x.shape[1:], loss=loss, sets=sets).train()
+    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+    for step in range(steps):
+        net.eps = eps * min(1.0, (step + 1) / max(1, steps // 2))
+        optimizer.zero_grad()
+        net.loss(x, y).backward()
+        optimizer.step()
+    model.eval()
+
+
+def wrapper_trained_nets(settings: SweepSettings, seed: int = 0) -> list[SweepNet]:
+    """The nets of ``settings.wrapper_nets`` (:data:`WRAPPER_TRAINED`), each GloRo-trained through
+    ``rp.GloRoNet`` on random-cluster data, with its own test points."""
+    nets = []
+    for index, name in enumerate(settings.wrapper_nets):
+        build, shape, n_classes, guarantee, loss = WRAPPER_TRAINED[name]
+        net_seed = seed * 1000 + 500 + index
+        generator = torch.Generator().manual_seed(net_seed)
+        train_x, train_y, centres = cluster_data(shape, n_classes, 256, generator)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(net_seed)
+            model = build(shape, n_classes)
+            sets = sweep_igrp(n_classes, 1.0)[1].groups if guarantee.startswith("igrp") else None
+            train_with_wrapper(model, train_x, train_y, settings.train_steps, guarantee, loss, sets=sets)
+        x, y, _ = cluster_data(shape, n_classes, settings.points, generator, centres)
+        nets.append(SweepNet(f"{name}-gloronet", model.eval(), x, y, n_classes))
     return nets
 
 

@@ -26,7 +26,7 @@ from tqdm import tqdm  # tqdm.auto would call iter(loader) once more per epoch (
 from relaxplug import distributed
 from relaxplug.adapters import Guarantee, load_sets, resolve_guarantee
 from relaxplug.data import load_dataset
-from relaxplug.lipschitz import head_distances, load_lipschitz_state
+from relaxplug.lipschitz import load_lipschitz_state
 from relaxplug.models.architectures import build_model
 from relaxplug.errors import TrainingDiverged
 from relaxplug.evaluation.report import format_history
@@ -34,13 +34,12 @@ from relaxplug.models.checkpoint import load_checkpoint, save_checkpoint
 from relaxplug.outputs import atomic_write, lock_output_dir
 from relaxplug.runtime import seed_everything
 from relaxplug.training.config import TrainConfig, config_to_dict
-from relaxplug.training.losses import gloro_instrumented, gloro_loss
 from relaxplug.training.methods import METHODS, TrainingMethod
 from relaxplug.training.optim import Lookahead, WeightEMA, build_optimizer, warmup_factor
 from relaxplug.training.parallel import DistributedStep
 from relaxplug.training.schedules import parse_schedule
 
-__all__ = ["train", "TrainResult", "resolve_training_guarantee", "gloro_step_loss", "guarantee_name"]
+__all__ = ["train", "TrainResult", "resolve_training_guarantee", "guarantee_name"]
 
 logger = logging.getLogger(__name__)
 
@@ -285,12 +284,3 @@ def _train(config: TrainConfig, resume: bool, progress: bool, context: distribut
     final = ema.model if ema is not None else model
     return TrainResult(model=final, checkpoint=checkpoint_path, history=history, metadata=metadata)
 
-
-def gloro_step_loss(model: nn.Module, estimator, guarantee: Guarantee, x: torch.Tensor, y: torch.Tensor, eps: float,
-                    loss: str, trades_lambda: float, power_iterations: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One GloRo step's ``(loss, logits, instrumented logits)`` with an estimator's own power
-    vectors (kept for ``benchmarks/gloro_overhead.py``; training uses :class:`relaxplug.GloRoNet`)."""
-    logits = model(x)
-    pair_lipschitz = estimator.power(power_iterations) * head_distances(estimator.head.weight)
-    instrumented = gloro_instrumented(logits, pair_lipschitz, eps, guarantee)
-    return gloro_loss(loss)(instrumented, y, trades_lambda), logits, instrumented

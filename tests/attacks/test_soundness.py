@@ -6,7 +6,8 @@ import pytest
 
 from relaxplug.certifiers import CERTIFIERS, list_certifiers
 from relaxplug.certifiers.gloro import GloRoCertifier
-from relaxplug.attacks.soundness import LIPSCHITZ_NETS, SweepSettings, soundness_sweep, sweep_guarantees, sweep_igrp
+from relaxplug.attacks.soundness import (LIPSCHITZ_NETS, WRAPPER_TRAINED, SweepSettings, soundness_sweep, sweep_guarantees,
+                                        sweep_igrp, wrapper_trained_nets)
 
 try:  # bound propagation joins the sweep when auto_LiRPA and its certifiers are there
     from relaxplug.certifiers import lirpa  # noqa: F401
@@ -28,6 +29,8 @@ def test_every_registered_certifier_is_sound_on_the_fast_sweep():
     for name in ran:
         mine = [row for row in igrp if row["certifier"] == name]
         assert sum(row["sizes"]["in"] for row in mine) > 0 and sum(row["sizes"]["out"] for row in mine) > 0, name
+    wrapper = [row for row in result.rows if row["net"].endswith("-gloronet")]  # trained through rp.GloRoNet
+    assert {row["certifier"] for row in wrapper} == ran and sum(row["certified"] for row in wrapper) > 0
     # gloro is L2-only: its L-inf combinations are skipped and counted, not silently dropped
     assert any(row["certifier"] == "gloro" and row["norm"] == "inf" for row in result.skipped)
     assert not any(row["certifier"] == "gloro" and row["norm"] == "inf" for row in result.rows)
@@ -90,6 +93,18 @@ def test_sweep_igrp_partitions_the_classes(n_classes, n_groups):
     assert len(guarantee.groups) == n_groups and all(guarantee.groups)
     assert sorted(c for g in guarantee.groups for c in g) == list(range(n_classes))
     assert guarantee.radii() == (0.15, 0.3) and label.endswith("@0.15,0.3")
+
+
+def test_wrapper_family_is_trained_through_gloronet():
+    """Every net of the family is a user model GloRo-trained by ``rp.GloRoNet``: it carries the
+    wrapper's power-iteration buffers (a plain cross-entropy training leaves none)."""
+    settings = SweepSettings(points=8, train_steps=3, eps_scales=(1.0,), steps=1, restarts=1, random_nets=(),
+                             trained_nets=(), wrapper_nets=tuple(WRAPPER_TRAINED))
+    nets = wrapper_trained_nets(settings)
+    assert [net.name for net in nets] == [f"{name}-gloronet" for name in WRAPPER_TRAINED]
+    for net in nets:
+        assert not net.model.training and net.x.shape[0] == 8
+        assert any("lipschitz_u" in key for key in net.model.state_dict()), net.name
 
 
 @pytest.mark.slow
