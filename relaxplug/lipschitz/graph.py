@@ -967,7 +967,9 @@ class LipschitzEstimator:
                     f"the traced graph of {type(model).__name__} failed on an input of shape {tuple(x.shape)} "
                     f"({type(exc).__name__}: {exc})"
                 ) from exc
-        if not isinstance(traced, Tensor) or not isinstance(reference, Tensor) or traced.shape != reference.shape:
+        if not isinstance(reference, Tensor):
+            raise TypeError(f"model must return a logits tensor (B, n), got a {type(reference).__name__}")
+        if not isinstance(traced, Tensor) or traced.shape != reference.shape:
             raise UnsupportedLayerError(f"{type(model).__name__}: the traced graph does not return the model's logits")
         scale = float(reference.detach().nan_to_num().abs().max()) if reference.numel() else 0.0
         if not torch.allclose(traced, reference, rtol=1e-4, atol=1e-4 * max(scale, 1e-30), equal_nan=True):
