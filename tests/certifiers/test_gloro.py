@@ -151,8 +151,9 @@ def test_unsupported_layer_is_named():
     with pytest.raises(UnsupportedLayerError, match="LayerNorm"):
         rp.certify(model, torch.randn(2, 3), eps=0.1)
     # GloRo training's head split needs a final nn.Linear module
+    headless = nn.Sequential(nn.Linear(3, 4), nn.ReLU())  # the estimator holds the model weakly: keep it alive
     with pytest.raises(UnsupportedLayerError, match="nn.Linear"):
-        LipschitzEstimator(nn.Sequential(nn.Linear(3, 4), nn.ReLU()), (3,)).head
+        LipschitzEstimator(headless, (3,)).head
 
 
 def test_bad_inputs_fail_early():
