@@ -445,7 +445,13 @@ class _Leaf:
         model ``gamma_16 (L A_in + A_out)`` (an assumption, module docstring of ``rounding``)."""
         declared = getattr(self.module, "lipschitz_rounding", None)
         if callable(declared):
-            c0, c1 = (float(v) for v in declared(tuple(self.in_shape)))
+            # once per analysis, like the bound: it depends on the weights only, and the analysis
+            # (with these rules) is rebuilt whenever they change
+            cached = self.__dict__.get("_rounding_value")
+            if cached is None:
+                cached = tuple(float(v) for v in declared(tuple(self.in_shape)))
+                self.__dict__["_rounding_value"] = cached
+            c0, c1 = cached
             return (c0 + c1 * a_in[0], c1 * a_in[1]), 0.0
         g = gamma(DEFAULT_LAYER_ULPS, u)
         return (g * gain * a_in[0], g * gain * a_in[1]), g
