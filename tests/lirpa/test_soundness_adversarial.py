@@ -156,7 +156,7 @@ GLOBAL_RUNS = [(method, *row) for row in GLOBAL_CASES for method in ("crown", "i
 @pytest.mark.parametrize("method", ["crown", "ibp"])
 def test_a_layer_outside_the_model_is_refused_with_the_cause(method):
     build = {name: build for name, build, _ in GLOBAL_CASES}["global_layer"]
-    with pytest.raises(glue.LirpaError, match="cannot convert the model .*same dtype"):
+    with pytest.raises(glue.LirpaError, match="cannot convert the model"):  # 0.3: a dtype clash; 0.7.1: missing constants
         rp.certify(build(), torch.randn(4, 6), 0.01, "inf", method, radius=False)
 
 
