@@ -300,8 +300,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         options["iterations"] = args.alpha_iterations
     _check_out(args)
     _load_optional_certifiers()
-    context = distributed.setup(args.device)  # under torchrun: this rank's device, a shard of the data
-    try:
+    with distributed.session(args.device) as context:  # under torchrun: this rank's device, a shard of the data
         args.device = str(context.device)
         loaded, guarantee, spec, eps, dataset, device = _load_for_eval(args)
         out_dir = check_output_dir(args.out or _model_file(args, loaded).parent)
@@ -309,8 +308,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             loaded.model, dataset, eps, args.norm, args.certifier, guarantee, args.batch_size, device,
             limit=args.limit, progress=not args.quiet, context=context, **options,
         )
-    finally:
-        distributed.teardown(context)
     if gathered is None:  # a rank other than 0: rank 0 reports and writes
         return 0
     cert, logits, labels = gathered
@@ -331,8 +328,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     _check_out(args)
     _load_optional_certifiers()
-    context = distributed.setup(args.device)  # under torchrun: this rank's device, a shard of the batches
-    try:
+    with distributed.session(args.device) as context:  # under torchrun: this rank's device, a shard of the batches
         args.device = str(context.device)
         loaded, guarantee, spec, eps, dataset, device = _load_for_eval(args)
         out_dir = check_output_dir(args.out or _model_file(args, loaded).parent / "compare")
@@ -345,8 +341,6 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             loaded.model, x.to(device), y.to(device), guarantee, eps, args.norm, args.certifiers,
             batch_size=args.batch_size, progress=not args.quiet, context=context,
         )
-    finally:
-        distributed.teardown(context)
     if result is None:  # a rank other than 0: rank 0 reports and writes
         return 0
     print(format_table(result))
@@ -370,8 +364,7 @@ def _cmd_attack(args: argparse.Namespace) -> int:
     settings = AttackSettings(steps=args.steps, restarts=args.restarts, targets=args.targets, seed=args.seed,
                               batch_size=args.batch_size, autoattack=not args.no_autoattack,
                               autoattack_fast=args.autoattack_fast)
-    context = distributed.setup(args.device)  # under torchrun: this rank's device, a shard of the blocks
-    try:
+    with distributed.session(args.device) as context:  # under torchrun: this rank's device, a shard of the blocks
         args.device = str(context.device)
         source = _load_for_eval(args)
         if not max(source.guarantee.radii(None if source.guarantee.carries_radii else source.eps)) > 0:
@@ -381,8 +374,6 @@ def _cmd_attack(args: argparse.Namespace) -> int:
         record = attack_report(source.model, source.dataset, source.guarantee, source.eps, args.norm, certifier,
                                settings, limit=args.limit, device=source.device, progress=not args.quiet,
                                context=context)
-    finally:
-        distributed.teardown(context)
     if record is None:  # a rank other than 0: rank 0 reports and writes
         return 0
     record["guarantee"] = source.spec

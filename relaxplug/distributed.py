@@ -12,12 +12,13 @@ gathered per-rank results in rank order restores the one-process order exactly.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 import torch.distributed as dist
@@ -34,6 +35,7 @@ __all__ = [
     "rank_device",
     "setup",
     "teardown",
+    "session",
     "shard_range",
     "per_process_batch",
     "training_sampler",
@@ -148,6 +150,16 @@ def teardown(context: DistributedContext) -> None:
     """Leave the process group (a no-op for a one-process run)."""
     if context.distributed and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def session(device: str | torch.device = "auto") -> Iterator[DistributedContext]:
+    """:func:`setup` for the ``with`` block, :func:`teardown` after it, even when the work fails."""
+    context = setup(device)
+    try:
+        yield context
+    finally:
+        teardown(context)
 
 
 def shard_range(n_items: int, context: DistributedContext, granularity: int = 1) -> range:

@@ -120,14 +120,11 @@ def train(config: TrainConfig, resume: bool = True, progress: bool = True) -> Tr
     DDP averages the gradients, metrics are summed over the ranks, and rank 0 alone locks the
     output directory, logs and writes checkpoints.
     """
-    context = distributed.setup(config.device)
-    try:
+    with distributed.session(config.device) as context:
         if not context.is_main:
             return _train(config, resume, False, context)
         with lock_output_dir(config.output_dir):
             return _train(config, resume, progress, context)
-    finally:
-        distributed.teardown(context)
 
 
 def _diverged(where: str, what: str, checkpoint: Path, epoch: int) -> TrainingDiverged:
